@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random checkpoints saved and reloaded from disk, and the real shared data."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TINYLM = SHARED / "models" / "tinylm-pg19"
+PG19_BOOKS = SHARED / "data" / "pg19" / "books"
+
+
+def require(path: Path) -> Path:
+    """Skip the test when a piece of ../shared is absent (a clone without the shared folder)."""
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory):
+    """A 2-layer Qwen3 (hidden 64, MLP 128) with a byte-level tokenizer, saved with save_pretrained."""
+    from locas.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_path):
+    """The tiny checkpoint loaded in fp32 through the ordinary from_pretrained path (frozen, shared)."""
+    import torch
+
+    from locas import CausalLMWithMemory
+
+    return CausalLMWithMemory.from_pretrained(tiny_path, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tinylm_path():
+    return require(TINYLM)
