@@ -1,0 +1,147 @@
+"""PG-19 books from a folder of `.txt` files or a Hugging Face dataset (SPEC §6).
+
+A book is one unit of work, so loading returns whole books and the scheduler sizes units by
+`len(book.text)` before any tokenizer is loaded. Texts are kept byte-for-byte (no newline
+translation: the PG-19 files use CRLF) so a folder and the HF copy of a book tokenize alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from locas.data import is_folder_source, load_hub_dataset
+from locas.errors import LocasError
+
+DEFAULT_DATASET = "emozilla/pg19"
+"""A parquet copy of PG-19: `datasets` 4+ no longer runs the `deepmind/pg19` loading script."""
+
+METADATA_FILENAME = "metadata.csv"
+_GUTENBERG_NUMBER = re.compile(r"/ebooks/(\d+)")
+
+
+@dataclass(frozen=True)
+class Book:
+    book_id: str
+    title: str | None
+    text: str
+
+
+def load_books(
+    source: str | Path = DEFAULT_DATASET,
+    split: str = "test",
+    ids: Iterable[str | int] | None = None,
+    max_books: int | None = None,
+    metadata_csv: str | Path | None = None,
+) -> list[Book]:
+    """Load PG-19 books, in source order, or in the order of `ids` when given; then keep `max_books`.
+
+    `source` is a folder or an HF dataset id. A folder is read as `source/{split}/` when that
+    subfolder exists (the official `train/ validation/ test/` layout), else as `source/` itself;
+    each `{book_id}.txt` is a book, sorted by id. Titles come from `metadata_csv`, or from a
+    `metadata.csv` found in the books folder or its parent (PG-19's own file: no header,
+    `book_id,short_book_title,publication_date,url`). Anything else is an HF dataset id loaded
+    with `datasets.load_dataset(source, split=split)`; sweeps pass `split="validation"`,
+    headline runs `split="test"`.
+    """
+    wanted = None if ids is None else [str(book_id) for book_id in ids]
+    if max_books is not None and max_books < 1:
+        raise LocasError(f"max_books must be at least 1, got {max_books}")
+    if is_folder_source(source):
+        return _folder_books(Path(source).expanduser(), split, wanted, max_books, metadata_csv)
+    return _dataset_books(str(source), split, wanted, max_books)
+
+
+def _select(available: list[str], wanted: list[str] | None, max_books: int | None, where: str) -> list[str]:
+    """The ids to read, before any text is read: all or `wanted` (in its order), then the first `max_books`."""
+    if wanted is not None:
+        known = set(available)
+        unknown = [book_id for book_id in wanted if book_id not in known]
+        if unknown:
+            raise LocasError(f"{where}: book {unknown[0]} not found")
+    chosen = available if wanted is None else wanted
+    return chosen if max_books is None else chosen[:max_books]
+
+
+def _folder_books(
+    root: Path, split: str, wanted: list[str] | None, max_books: int | None, metadata_csv: str | Path | None
+) -> list[Book]:
+    if not root.is_dir():
+        raise LocasError(f"PG-19 folder not found: {root} (expected a folder of {{book_id}}.txt files)")
+    folder = root / split if (root / split).is_dir() else root
+    files = {path.stem: path for path in folder.glob("*.txt")}
+    if not files:
+        raise LocasError(f"{folder}: no .txt books in this PG-19 folder")
+    titles = _read_titles(_find_metadata(folder, metadata_csv))
+    books = []
+    for book_id in _select(sorted(files), wanted, max_books, where=str(folder)):
+        path = files[book_id]
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            reason = f"{error.reason} at byte {error.start}"
+            raise LocasError(f"{path}: book {book_id} is not UTF-8 text ({reason})") from None
+        books.append(_checked(Book(book_id, titles.get(book_id), text), where=str(path)))
+    return books
+
+
+def _find_metadata(folder: Path, given: str | Path | None) -> Path | None:
+    if given is not None:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise LocasError(f"PG-19 metadata CSV not found: {path}")
+        return path
+    for candidate in (folder / METADATA_FILENAME, folder.parent / METADATA_FILENAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_titles(path: Path | None) -> dict[str, str]:
+    """book_id -> short_book_title from PG-19's headerless metadata CSV."""
+    if path is None:
+        return {}
+    titles = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        for row in reader:
+            if len(row) != 4:
+                raise LocasError(
+                    f"{path}: line {reader.line_num}: expected 4 columns "
+                    f"(book_id,short_book_title,publication_date,url), found {len(row)}"
+                )
+            titles[row[0]] = row[1]
+    return titles
+
+
+def _dataset_books(dataset_id: str, split: str, wanted: list[str] | None, max_books: int | None) -> list[Book]:
+    """Rows with `short_book_title`, `url`, `text`; the id is the url's Gutenberg number, else the row index."""
+    rows = load_hub_dataset(
+        dataset_id, None, split, hint="check the id and the network, or pass a folder of {book_id}.txt files"
+    )
+    missing = {"text", "url"} - set(rows.column_names)
+    if missing:
+        raise LocasError(f"dataset {dataset_id!r} split {split!r}: no column {sorted(missing)[0]!r}; is this PG-19?")
+    where = f"dataset {dataset_id!r} split {split!r}"
+    row_ids = [_gutenberg_id(url, index) for index, url in enumerate(rows["url"])]
+    position = {book_id: index for index, book_id in enumerate(row_ids)}
+    books = []
+    for book_id in _select(row_ids, wanted, max_books, where):
+        row = rows[position[book_id]]
+        book = Book(book_id, row.get("short_book_title"), row["text"])
+        books.append(_checked(book, where=f"{where} row {position[book_id]}"))
+    return books
+
+
+def _gutenberg_id(url: str | None, index: int) -> str:
+    match = _GUTENBERG_NUMBER.search(url or "")
+    return match.group(1) if match else str(index)
+
+
+def _checked(book: Book, where: str) -> Book:
+    if not book.text or not book.text.strip():
+        raise LocasError(f"{where}: book {book.book_id} is empty")
+    return book
