@@ -1,0 +1,248 @@
+"""The online loop (SPEC §4-6) against independent re-computations on tiny random models."""
+import math
+
+import pytest
+import torch
+
+from conftest import PG19_BOOKS, require
+from locas import losses
+from locas.adapt import Adapter, Document, adapt_documents, sliding_windows
+from locas.config import AdaptConfig
+from locas.data.pg19 import Book
+from locas.errors import LocasError
+from locas.methods import make_method
+from locas.optim import SlotAdamW
+from locas.tasks.pg19 import book_document, run_pg19_book, run_pg19_books
+from locas.tiny import sample_text
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_path)
+
+
+def book(i=0, words=300):
+    return Book(f"book{i}", None, sample_text(words, seed=i))
+
+
+def cfg(**kw):
+    return AdaptConfig(**{"window_size": 48, "memory_width": 8, **kw})
+
+
+def test_recorded_nll_is_pre_update_and_matches_an_independent_loop(tiny_model, tokenizer):
+    c = cfg(lr=1e-2)
+    doc = book_document(tokenizer, book(), c)
+    rows = run_pg19_book(tiny_model, tokenizer, book(), c)
+    recorded = [r["nll_sum"] for r in rows if r["kind"] == "window"]
+
+    first = doc.windows[0]
+    memory = tiny_model.memorize(doc.tokens[first.start:first.end][None], keep_top=8).requires_grad_(True)
+    optimizer = torch.optim.AdamW([memory], lr=1e-2, weight_decay=0.0)
+    expected = []
+    for w in doc.windows:
+        ids = doc.tokens[w.start:w.end][None]
+        nll = tiny_model.compute_nll(ids, memory)[0, w.scored_from - w.start - 1:]
+        expected.append(nll.sum().item())  # scored before this window's update
+        nll.mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert len(recorded) == len(expected) > 3
+    for got, want in zip(recorded, expected):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-3)
+
+
+def test_shared_forward_gives_the_same_numbers_as_separate_scoring(tiny_model, tokenizer):
+    c = cfg(lr=1e-2)
+    docs = [book_document(tokenizer, book(), c)]
+    shared = Adapter(tiny_model, make_method(tiny_model, c), c)
+    separate = Adapter(tiny_model, make_method(tiny_model, c), c)
+    assert shared.shared_forward
+    separate.shared_forward = False
+    a = [w.nll_sum for w in next(shared.run(docs)).windows]
+    b = [w.nll_sum for w in next(separate.run(docs)).windows]
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 5, 47, 48, 49, 95, 96, 97, 500])
+@pytest.mark.parametrize("overlap", [1, 7])
+def test_every_token_but_the_first_is_scored_exactly_once(n, overlap):
+    scored = [t for w in sliding_windows(n, 48, overlap) for t in range(w.scored_from, w.end)]
+    assert sorted(scored) == list(range(1, n))
+    assert all(w.end - w.start <= 48 and w.scored_from - w.start in (1, overlap) for w in sliding_windows(n, 48, overlap))
+
+
+@pytest.mark.parametrize("overlap", [0, 48, 60])
+def test_overlap_outside_range_is_refused(overlap):
+    with pytest.raises(LocasError, match="overlap"):
+        cfg(overlap=overlap)
+
+
+def test_too_short_book_is_refused(tiny_model, tokenizer):
+    with pytest.raises(LocasError, match="too short"):
+        run_pg19_book(tiny_model, tokenizer, Book("tiny", None, "a"), cfg())
+
+
+def test_book_rows_cover_the_book(tiny_model, tokenizer):
+    rows = run_pg19_book(tiny_model, tokenizer, book(words=120), cfg())
+    windows, summary = rows[:-1], rows[-1]
+    assert summary["kind"] == "book" and summary["scored_tokens"] == summary["tokens"] - 1
+    assert sum(w["scored_tokens"] for w in windows) == summary["tokens"] - 1
+    assert summary["ppl"] == pytest.approx(math.exp(sum(w["nll_sum"] for w in windows) / summary["scored_tokens"]))
+    assert summary["trainable_params"] == 3 * 2 * 64 * 8
+
+
+def test_none_equals_the_plain_model(tiny_model, tokenizer):
+    c = cfg(method="none")
+    doc = book_document(tokenizer, book(), c)
+    rows = run_pg19_book(tiny_model, tokenizer, book(), c)
+    with torch.no_grad():
+        plain = tiny_model.model(doc.tokens[None]).logits  # the book fits in the model's context
+    for row, w in zip(rows, doc.windows):
+        with torch.no_grad():
+            nll = tiny_model.compute_nll(doc.tokens[w.start:w.end][None])[0, w.scored_from - w.start - 1:]
+        assert row["nll_sum"] == pytest.approx(nll.sum().item(), rel=1e-5)
+        assert row["train_loss"] is None
+    assert rows[-1]["trainable_params"] == 0 and plain.shape[1] == len(doc.tokens)
+
+
+def test_method_defaults():
+    assert (cfg(method="locas").learning_rate, cfg(method="locas").steps) == (4e-3, 1)
+    assert (cfg(method="lora").learning_rate, cfg(method="lora").steps) == (5e-5, 2)
+    assert cfg(method="lora", lr=1e-3).learning_rate == 1e-3
+    assert cfg(loss="ST").loss == "SD"
+    with pytest.raises(LocasError, match="unknown loss_function 'KL'"):
+        cfg(loss="KL")
+    with pytest.raises(LocasError, match="unknown option"):
+        AdaptConfig.from_dict({"memory_widht": 4})
+
+
+def _memory_after_each_window(model, doc, c):
+    """Snapshots of the memory after every window (a probe on the optimizer step)."""
+    method = make_method(model, c)
+    adapter = Adapter(model, method, c)
+    snapshots = []
+    step = method.step
+
+    def recording_step(slots):
+        step(slots)
+        snapshots.append(method.memory.detach().clone())
+
+    method.step = recording_step
+    result = next(adapter.run([doc]))
+    return result, snapshots
+
+
+def test_sd_has_no_gradient_without_extra_teacher_context_and_some_with_it(tiny_model, tokenizer):
+    c = cfg(loss="SD", lr=1e-2)
+    doc = book_document(tokenizer, book(), c)
+    first = doc.windows[0]
+    initial = tiny_model.memorize(doc.tokens[first.start:first.end][None], keep_top=8)
+    result, snapshots = _memory_after_each_window(tiny_model, doc, c)
+    assert result.error is None
+    assert torch.equal(snapshots[0], initial)  # window 0: the teacher reads nothing more than the student
+    assert not torch.equal(snapshots[1], snapshots[0])  # window 1: the teacher reads window 0 too
+
+    ids = doc.tokens[:48][None]
+    memory = initial.clone().requires_grad_(True)
+    student = tiny_model(ids, memory=memory).logits
+    with torch.no_grad():
+        same = tiny_model(ids).logits
+    loss = losses.self_distillation(student, same, torch.ones(1, 47))
+    loss.sum().backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-7) and memory.grad.abs().max() < 1e-9
+
+
+def test_grpo_step_is_finite_and_trains_and_equal_rewards_change_nothing(tiny_model, tokenizer, monkeypatch):
+    c = cfg(loss="GRPO", lr=1e-2, grpo_length=8, grpo_group=4)
+    doc = book_document(tokenizer, book(words=60), c)
+    result, snapshots = _memory_after_each_window(tiny_model, doc, c)
+    assert result.error is None and all(math.isfinite(w.train_loss) for w in result.windows)
+    assert not torch.equal(snapshots[-1], snapshots[0])
+
+    monkeypatch.setattr(losses, "token_f1", lambda prediction, reference: 0.5)
+    first = doc.windows[0]
+    initial = tiny_model.memorize(doc.tokens[first.start:first.end][None], keep_top=8)
+    _, snapshots = _memory_after_each_window(tiny_model, doc, c)
+    assert all(torch.equal(s, initial) for s in snapshots)
+
+
+def test_second_book_under_lora_starts_from_the_base(tiny_model, tokenizer):
+    books = [book(0), book(1)]
+    lora = {b.book_id: rows for b, rows in run_pg19_books(tiny_model, tokenizer, books, cfg(method="lora", lora_rank=4, lr=1e-2))}
+    none = {b.book_id: rows for b, rows in run_pg19_books(tiny_model, tokenizer, books, cfg(method="none"))}
+    for b in books:  # the first window is scored before any update: a fresh adapter (B = 0) is the base
+        assert lora[b.book_id][0]["nll_sum"] == pytest.approx(none[b.book_id][0]["nll_sum"], rel=1e-6)
+    assert lora["book0"][-1]["ppl"] != pytest.approx(none["book0"][-1]["ppl"], rel=1e-6)
+    assert lora["book0"][-1]["trainable_params"] == sum(
+        4 * (i + o) for i, o in [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)]) * 2
+    assert not any("lora" in name for name, _ in tiny_model.model.named_modules())  # adapter removed
+
+
+def test_non_finite_loss_ends_that_book_with_a_recorded_error(tiny_model, tokenizer, monkeypatch):
+    real_ntp = losses.ntp
+    calls = []
+
+    def poisoned(nll, mask):
+        calls.append(1)
+        loss = real_ntp(nll, mask)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(losses, "ntp", poisoned)
+    results = {b.book_id: rows for b, rows in run_pg19_books(tiny_model, tokenizer, [book(0), book(1)], cfg())}
+    assert "non-finite" in results["book0"][-1]["error"]
+    assert len(results["book0"]) == 4  # windows 0-2, then the book row
+    assert results["book1"][-1]["error"] is None and math.isfinite(results["book1"][-1]["ppl"])
+
+
+def test_batched_documents_equal_one_at_a_time(tiny_model, tokenizer):
+    books = [book(i, words=80 + 70 * i) for i in range(5)]
+    c = cfg(lr=1e-2)
+    single = {b.book_id: rows for b, rows in run_pg19_books(tiny_model, tokenizer, books, c, batch_size=1)}
+    batched = {b.book_id: rows for b, rows in run_pg19_books(tiny_model, tokenizer, books, c, batch_size=3)}
+    assert single.keys() == batched.keys()
+    for book_id in single:
+        assert [r["nll_sum"] for r in batched[book_id]] == pytest.approx([r["nll_sum"] for r in single[book_id]],
+                                                                         rel=1e-4)
+
+
+def test_slot_adamw_matches_torch_adamw_per_slot():
+    torch.manual_seed(0)
+    param = torch.randn(2, 3, 4, requires_grad=True)
+    alone = param.detach()[:, 2:3].clone().requires_grad_(True)
+    slotted, reference = SlotAdamW(param, lr=1e-2), torch.optim.AdamW([alone], lr=1e-2, weight_decay=0.0)
+    for step in range(4):
+        if step == 2:  # refilling another slot must not touch this one
+            slotted.reset(0)
+        grad = torch.randn(2, 1, 4)
+        param.grad = torch.zeros_like(param)
+        param.grad[:, 2:3] = grad
+        alone.grad = grad.clone()
+        slotted.step(torch.tensor([0, 2]))
+        reference.step()
+    torch.testing.assert_close(param[:, 2:3], alone)
+
+
+def test_memory_width_larger_than_the_mlp_is_refused(tiny_model, tokenizer):
+    with pytest.raises(LocasError, match="memory_width=999"):
+        run_pg19_book(tiny_model, tokenizer, book(), cfg(memory_width=999))
+
+
+def test_real_model_locas_beats_none_on_a_pg19_book(tinylm_path):
+    from transformers import AutoTokenizer
+
+    from locas import CausalLMWithMemory
+
+    path = sorted(require(PG19_BOOKS).glob("*.txt"), key=lambda p: p.stat().st_size)[-1]
+    real = Book(path.stem, None, path.read_text())
+    model = CausalLMWithMemory.from_pretrained(tinylm_path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tinylm_path)
+    ppl = {}
+    for method in ("none", "locas"):
+        c = AdaptConfig(method=method, loss="NTP", memory_width=64, memory_init="highest", lr=4e-3,
+                        window_size=512, max_tokens=20_000)
+        ppl[method] = run_pg19_book(model, tok, real, c)[-1]["ppl"]
+    print(f"tinylm-pg19 on book {real.book_id}, first 20,000 tokens, 512-token windows: "
+          f"none PPL {ppl['none']:.3f}, locas PPL {ppl['locas']:.3f}")
+    assert ppl["locas"] < ppl["none"]
