@@ -264,7 +264,11 @@ Qwen3ForCausalLMWithMemory = CausalLMWithMemory
 
 
 def load_for_worker(model_spec: dict) -> CausalLMWithMemory:
-    """Load the model a worker serves: {model, dtype, device ("auto"|"cpu"|"cuda"), trust_remote_code}."""
+    """Load the model a worker serves, with its tokenizer as `.tokenizer`.
+
+    model_spec: {model, dtype, device ("auto"|"cpu"|"cuda"), trust_remote_code, attn_implementation}."""
+    from transformers import AutoTokenizer
+
     device = model_spec.get("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -272,5 +276,17 @@ def load_for_worker(model_spec: dict) -> CausalLMWithMemory:
     path = model_spec["model"]
     if Path(str(path)).expanduser().exists():
         path = str(Path(path).expanduser())
-    return CausalLMWithMemory.from_pretrained(path, dtype=dtype, device=device,
-                                              trust_remote_code=model_spec.get("trust_remote_code", False))
+    trust = model_spec.get("trust_remote_code", False)
+    attn = model_spec.get("attn_implementation") or default_attention(device)
+    model = CausalLMWithMemory.from_pretrained(path, dtype=dtype, device=device, trust_remote_code=trust,
+                                               attn_implementation=attn)
+    model.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    return model
+
+
+def default_attention(device) -> str:
+    """flash-attn when it is installed and the model is on a GPU, else PyTorch's SDPA."""
+    import importlib.util
+
+    on_gpu = str(device).startswith("cuda")
+    return "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
