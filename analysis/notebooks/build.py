@@ -1,0 +1,122 @@
+"""Write the results notebooks (without outputs) from the cells below: `python analysis/notebooks/build.py`.
+
+Each notebook's first cell picks the run: `LOCAS_RUN` (a run folder, or several separated by commas),
+else the default path. Figures are saved as PNG into the first run's folder (or `LOCAS_FIGURES`).
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = """\
+%matplotlib inline
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import display
+
+from analysis import plots, tables
+from analysis.load import load_runs
+
+pd.options.display.float_format = "{:.3f}".format
+pd.options.display.max_columns = 40
+runs = load_runs(RUN)
+FIGURES = Path(os.environ.get("LOCAS_FIGURES", runs.paths[runs.names[0]]))
+print("runs:", ", ".join(runs.names), "| figures ->", FIGURES)
+print({name: len(getattr(runs, name)) for name in ("windows", "books", "qa", "mmlu", "errors", "trials")})"""
+
+ERRORS = """\
+# Units that failed (one row each, with the error in one line)
+runs.errors[["run", "method", "task", "unit_id", "error", "attempts"]]"""
+
+
+def run_cell(default: str) -> str:
+    return (f'import os\n\nRUN = os.environ.get("LOCAS_RUN", "{default}")  '
+            "# a run folder, or several separated by commas")
+
+
+def notebook(title: str, default: str, cells: list) -> nbformat.NotebookNode:
+    book = new_notebook(cells=[new_code_cell(run_cell(default)), new_markdown_cell(title), new_code_cell(SETUP),
+                               *cells, new_code_cell(ERRORS)])
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    book.metadata["language_info"] = {"name": "python"}
+    return book
+
+
+def md(text: str):
+    return new_markdown_cell(text)
+
+
+def code(text: str):
+    return new_code_cell(text)
+
+
+PG19 = notebook("# PG-19: perplexity at depth, cost, and MMLU retention", "runs/pg19", [
+    md("## PPL@N (cumulative)\nPooled over the books: exp(Σ NLL / Σ scored tokens) over windows whose first "
+       "scored token is before N. `n@…` is the number of books behind each column."),
+    code("ppl = tables.pg19_table(runs.windows, runs.books)\n"
+         "display(tables.pg19_view(ppl, 'ppl'))\n"
+         "ppl[['run', 'method', 'config_id', *[c for c in ppl.columns if c.startswith('reach@')]]]"
+         "  # books with >= N tokens"),
+    md("## Bucket PPL: windows starting in [N − 50K, N)"),
+    code("tables.pg19_view(ppl, 'bucket')"),
+    md("## TempLoRA-style: token-weighted mean of per-window PPL (compare only with tables that use it)"),
+    code("tables.pg19_view(ppl, 'templora_ppl')"),
+    md("## Only the books that reach N"),
+    code("reaching = tables.pg19_table(runs.windows, runs.books, reaching_only=True)\n"
+         "display(tables.pg19_view(reaching, 'ppl'))\n"
+         "tables.pg19_view(reaching, 'bucket')"),
+    md("## Against `none`: paired books, pooled-PPL difference, 95% bootstrap interval over books"),
+    code("deltas = tables.delta_table(runs.windows, runs.books, n_boot=2000, seed=0)\ndeltas"),
+    code("# per book, whole book\ntables.book_deltas(runs.windows, runs.books)"),
+    md("## Cost (Table 1): extra parameters, GPU-seconds, time relative to `none`"),
+    code("tables.cost_table(runs.books, runs.windows)"),
+    md("## PPL against position in the book"),
+    code("plots.plot_ppl_by_position(runs.windows, runs.books, path=FIGURES / 'pg19_ppl_by_position.png')"),
+    md("## MMLU retention: before (base) and after adapting on a book (memory and its dense export)"),
+    code("if len(runs.mmlu):\n"
+         "    display(tables.mmlu_table(runs.mmlu))\n"
+         "else:\n"
+         "    print('no MMLU rows in', RUN)"),
+])
+
+LOCOMO = notebook("# LoCoMo: F1 per question category", "runs/locomo", [
+    md("F1 × 100 per category: 1 multi-hop, 2 temporal, 3 open-domain, 4 single-hop, 5 adversarial (official "
+       "rule: abstaining scores 1), and the report's adversarial rule (−F1 against the adversarial answer)."),
+    code("tables.locomo_table(runs.qa)"),
+    code("tables.locomo_long(runs.qa)"),
+    code("plots.plot_locomo_f1(runs.qa, path=FIGURES / 'locomo_f1.png')"),
+    md("## Some answers"),
+    code("columns = ['method', 'category', 'question', 'gold', 'prediction', 'f1']\n"
+         "runs.qa.groupby(['method', 'category']).head(2)[columns]"),
+])
+
+SWEEPS = notebook("# Sweeps: trials and heatmaps", "runs/sweep", [
+    code("trials = runs.trials\n"
+         "print(trials['status'].value_counts(dropna=False).to_dict())\n"
+         "tables.sweep_table(trials).head(10)"),
+    md("## Heatmap of two config columns (best PPL over the others)"),
+    code("config = tables.sweep_config_columns(trials)\n"
+         "def pick(candidates, exclude=()):\n"
+         "    found = [c for c in candidates if c in config and c not in exclude]\n"
+         "    return found[0] if found else [c for c in config if c not in exclude][0]\n"
+         "X = os.environ.get('LOCAS_SWEEP_X') or pick(['memory_width', 'keep_top', 'lora_rank', 'lr'])\n"
+         "Y = os.environ.get('LOCAS_SWEEP_Y') or pick(['memory_init', 'loss', 'steps_per_window'], exclude=[X])\n"
+         "print('config columns:', config, '| heatmap:', X, 'x', Y)"),
+    code("plots.plot_sweep_heatmap(trials, X, Y, path=FIGURES / f'sweep_{X}_x_{Y}.png')"),
+])
+
+
+def main() -> None:
+    for name, book in {"pg19": PG19, "locomo": LOCOMO, "sweeps": SWEEPS}.items():
+        for index, cell in enumerate(book.cells):
+            cell.id = f"{name}-{index}"  # stable ids: rebuilding changes nothing that did not change
+        nbformat.validate(book)
+        nbformat.write(book, HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
