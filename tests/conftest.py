@@ -42,3 +42,18 @@ def tiny_model(tiny_path):
 @pytest.fixture(scope="session")
 def tinylm_path():
     return require(TINYLM)
+
+
+# --- orchestration: one local Ray for the whole session -------------------------------------------------
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray (2 CPUs, no dashboard) started once per test session and shut down at the end."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    if started:
+        ray.shutdown()

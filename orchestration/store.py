@@ -1,0 +1,336 @@
+"""The run store: one folder per run, written by the driver alone, read by anyone.
+
+```
+OUT/manifest.json   {"task", "config", "config_id", "code_version", "packages", "resources", "created", "resumes"}
+OUT/rows.jsonl      append-only, one JSON row per line
+OUT/ledger.jsonl    one line {"unit_id", "status": "done"|"failed", "rows": n} per finished unit, after its rows
+OUT/summary.json    the run's headline figures
+```
+
+Rules (see docs/design.md):
+- A unit is finished when its ledger line exists; a rerun skips it. Its rows are the last `n` rows carrying
+  its `unit_id` (n from the ledger), so partial rows left by a crash between the rows and the ledger line
+  are dropped on read, and the unit's rerun never duplicates a row.
+- A torn last line (a crash mid-write) is skipped on read and cut off when the store is reopened for
+  writing, so the next append starts on a fresh line.
+- JSON only, never pickle. Rows must be JSON-able: plain numbers, strings, booleans, None, lists and
+  dicts (numpy/torch scalars are converted with `.item()`). Non-finite floats (NaN, ±inf) are written as
+  `null`: strict JSON has no NaN, and pandas reads null back as NaN. Anything else is refused with a
+  LocasError. A line that is not JSON (e.g. pickle bytes) anywhere but at the torn end is refused.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+from locas.errors import LocasError
+
+MANIFEST, ROWS, LEDGER, SUMMARY = "manifest.json", "rows.jsonl", "ledger.jsonl", "summary.json"
+STATUSES = ("done", "failed")
+PACKAGES = ("torch", "transformers", "peft", "ray", "datasets", "pandas", "locas")
+
+
+# --------------------------------------------------------------------------- JSON in and out
+
+def to_json_value(value: Any, where: str = "value") -> Any:
+    """A JSON-safe copy of `value`: non-finite floats → None, tuples → lists, scalars with .item() unwrapped."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise LocasError(f"{where} has a key {k!r} of type {type(k).__name__}; JSON keys must be strings")
+            out[k] = to_json_value(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    item = getattr(value, "item", None)  # numpy / torch scalars
+    if callable(item) and getattr(value, "ndim", 0) == 0:
+        return to_json_value(item(), where)
+    raise LocasError(f"{where} is a {type(value).__name__}, which is not JSON; "
+                     "return plain numbers, strings, booleans, None, lists or dicts")
+
+
+def dumps_line(obj: Any, where: str = "row") -> bytes:
+    """One strict-JSON line (no NaN), newline-terminated, UTF-8."""
+    return (json.dumps(to_json_value(obj, where), allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    """Yield the JSON objects of a .jsonl file; skip a torn last line, refuse any other bad line."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline; else an unterminated (torn) line
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        obj = _parse_line(raw)
+        if obj is None:
+            raise LocasError(f"{path} line {number} is not a JSON object: the file is corrupt or not a run store "
+                             "written by this code; move it away and rerun")
+        yield obj
+    if torn.strip():
+        obj = _parse_line(torn)
+        if obj is not None:  # a complete line that only lacks its newline
+            yield obj
+
+
+def _parse_line(raw: bytes) -> dict | None:
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """End the file on a newline so the next append starts on a line of its own.
+
+    An unterminated last line is cut off, unless it is a whole JSON object missing only its newline (readers
+    already trust that one, see _read_jsonl), which gets its newline.
+    """
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # walk back to the last newline (files are small; read in chunks from the end)
+        pos, chunk = size, 1 << 16
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            block = f.read(pos - start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                cut = start + i + 1
+                break
+            pos = start
+        else:
+            cut = 0
+        f.seek(cut)
+        if _parse_line(f.read()) is not None:
+            f.write(b"\n")  # a whole line that only lacks its newline: readers trust it, so keep it
+        else:
+            f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_json_atomic(path: Path, obj: Any, where: str) -> None:
+    text = json.dumps(to_json_value(obj, where), allow_nan=False, indent=2, ensure_ascii=False) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------- reading without the class
+
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    """The manifest of the run store at `path`, or None when there is none."""
+    p = Path(path) / MANIFEST
+    if not p.exists():
+        return None
+    try:
+        obj = json.loads(p.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise LocasError(f"{p} is not valid JSON ({e}); it is not a run store written by this code") from None
+    if not isinstance(obj, dict):
+        raise LocasError(f"{p} is not a JSON object; it is not a run store written by this code")
+    return obj
+
+
+def read_ledger(path: str | os.PathLike) -> dict[str, dict]:
+    """unit_id → its ledger entry {"unit_id", "status", "rows"} (the last entry wins)."""
+    ledger = {}
+    for entry in _read_jsonl(Path(path) / LEDGER):
+        uid, status, n = entry.get("unit_id"), entry.get("status"), entry.get("rows")
+        if not isinstance(uid, str) or status not in STATUSES or not isinstance(n, int) or n < 0:
+            raise LocasError(f"{Path(path) / LEDGER} has a malformed entry {entry!r}; it is not a run store "
+                             "written by this code")
+        ledger[uid] = entry
+    return ledger
+
+
+def iter_rows(path: str | os.PathLike) -> Iterator[dict]:
+    """Rows of ledgered units, in file order: for each unit, the last `n` rows with its unit_id."""
+    path = Path(path)
+    ledger = read_ledger(path)
+    if not ledger:
+        return
+    counts: dict[str, int] = {}
+    for row in _read_jsonl(path / ROWS):
+        uid = row.get("unit_id")
+        if uid in ledger:
+            counts[uid] = counts.get(uid, 0) + 1
+    seen: dict[str, int] = {}
+    for row in _read_jsonl(path / ROWS):
+        uid = row.get("unit_id")
+        if uid not in ledger:
+            continue
+        i = seen.get(uid, 0)
+        seen[uid] = i + 1
+        if i >= counts[uid] - ledger[uid]["rows"]:
+            yield row
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """All trusted rows of the run store at `path` (see iter_rows); [] when there is none."""
+    return list(iter_rows(path))
+
+
+# --------------------------------------------------------------------------- provenance
+
+def code_version() -> str:
+    """`<git commit>` (+ "-dirty" when tracked files changed) of this checkout, else `locas <version>`."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        if sha:
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"locas {importlib.metadata.version('locas')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- the store
+
+class RunStore:
+    """A run's output folder. Only the driver writes (open, append, write_summary); anyone may read."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._finished: set[str] | None = None
+        self.manifest: dict | None = None
+
+    @property
+    def rows_path(self) -> Path:
+        return self.path / ROWS
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / LEDGER
+
+    def open(self, task: str, config: dict, config_id: str, resources: dict | None = None) -> "RunStore":
+        """Create the store, or resume it when it holds the same task and config_id; refuse anything else."""
+        if self.path.exists() and not self.path.is_dir():
+            raise LocasError(f"output {self.path} is a file, not a folder; choose another --output")
+        old = read_manifest(self.path)
+        if old is None and (self.rows_path.exists() or self.ledger_path.exists()):
+            raise LocasError(f"{self.path} holds rows but no {MANIFEST}; it is not a run store this code can "
+                             "resume: choose another --output or move it away")
+        if old is not None:
+            if old.get("config_id") != config_id or old.get("task") != task:
+                raise LocasError(
+                    f"{self.path} holds a run of {old.get('task')} config {old.get('config_id')}, not "
+                    f"{task} config {config_id}: use another --output folder (or delete that one) to start a new run")
+            _cut_torn_tail(self.rows_path)
+            _cut_torn_tail(self.ledger_path)
+            old.setdefault("resumes", []).append(
+                {"time": _now(), "code_version": code_version(), "resources": resources or {}})
+            self.manifest = old
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.manifest = {
+                "task": task,
+                "config": config,
+                "config_id": config_id,
+                "code_version": code_version(),
+                "packages": package_versions(),
+                "resources": resources or {},
+                "created": _now(),
+                "resumes": [],
+            }
+        _write_json_atomic(self.path / MANIFEST, self.manifest, "config")
+        self._finished = set(read_ledger(self.path))
+        return self
+
+    def finished(self) -> set[str]:
+        """Unit ids with a ledger line (done or failed): a rerun skips them."""
+        if self._finished is None:
+            return set(read_ledger(self.path))
+        return set(self._finished)
+
+    def append(self, unit_id: str, rows: list[dict], status: str = "done") -> None:
+        """Append a finished unit: its rows (flushed and fsynced), then its ledger line."""
+        if self.manifest is None:
+            raise RuntimeError("RunStore.open(...) must be called before append")
+        if status not in STATUSES:
+            raise LocasError(f"status must be one of {STATUSES}, not {status!r}")
+        if unit_id in self._finished:
+            raise LocasError(f"unit {unit_id} is already in the ledger of {self.path}; it must not run twice")
+        lines = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise LocasError(f"unit {unit_id}: row {i} is a {type(row).__name__}, not a dict")
+            if row.get("unit_id", unit_id) != unit_id:
+                raise LocasError(f"unit {unit_id}: row {i} carries unit_id {row['unit_id']!r}")
+            lines.append(dumps_line({**row, "unit_id": unit_id}, f"unit {unit_id} row {i}"))
+        if lines:
+            _append(self.rows_path, b"".join(lines))
+        _append(self.ledger_path, dumps_line({"unit_id": unit_id, "status": status, "rows": len(lines)}))
+        self._finished.add(unit_id)
+
+    def rows(self) -> Iterator[dict]:
+        """Rows of ledgered units only (torn last lines and rows of unledgered units dropped)."""
+        return iter_rows(self.path)
+
+    def ledger(self) -> dict[str, dict]:
+        return read_ledger(self.path)
+
+    def write_summary(self, summary: dict) -> Path:
+        """Write summary.json atomically (non-finite floats become null)."""
+        path = self.path / SUMMARY
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(path, summary, "summary")
+        return path
