@@ -138,6 +138,8 @@ def execute(task: str, units: list, args, spec: ModelSpec, config: dict, config_
     counts = run_units(units, make_worker, store, num_workers=num_workers, slots=args.batch_size,
                        progress=not args.no_progress)
     print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished")
+    workers = {(r.get("node"), r.get("device")) for r in store.rows() if r.get("node")}
+    store.update_manifest(workers=[{"node": n, "device": d} for n, d in sorted(workers, key=str)])
     return store
 
 

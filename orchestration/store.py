@@ -328,6 +328,13 @@ class RunStore:
     def ledger(self) -> dict[str, dict]:
         return read_ledger(self.path)
 
+    def update_manifest(self, **fields) -> None:
+        """Add run-level facts learnt while running (e.g. the workers' nodes and devices) to the manifest."""
+        if self.manifest is None:
+            raise RuntimeError("RunStore.open(...) must be called before update_manifest")
+        self.manifest.update(fields)
+        _write_json_atomic(self.path / MANIFEST, self.manifest, "manifest")
+
     def write_summary(self, summary: dict) -> Path:
         """Write summary.json atomically (non-finite floats become null)."""
         path = self.path / SUMMARY

@@ -1,0 +1,106 @@
+"""The user's commands end to end on a local Ray: results, resume, refusals, a killed driver."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from locas.tiny import sample_text
+from orchestration import run_pg19
+from orchestration.store import read_manifest, read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def books(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("books")
+    for i, words in enumerate([300, 500, 700, 900]):
+        (folder / f"b{i}.txt").write_text(sample_text(words, seed=i))
+    (folder / "short.txt").write_text("a")  # one token: this unit raises, the others go on
+    return folder
+
+
+def flags(tiny_path, books, output, *extra):
+    return ["--model", str(tiny_path), "--data", str(books), "--output", str(output), "--dtype", "float32",
+            "--window_size", "64", "--memory_width", "8", "--no_progress", *extra]
+
+
+def book_table(output):
+    return {r["book_id"]: r["ppl"] for r in read_rows(output) if r["kind"] == "book"}
+
+
+def test_run_pg19_writes_rows_summary_and_resumes_without_duplicates(ray_local, tiny_path, books, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_pg19.main(flags(tiny_path, books, out)) == 0
+    rows = read_rows(out)
+    assert sorted(book_table(out)) == ["b0", "b1", "b2", "b3"]
+    errors = [r for r in rows if r["kind"] == "error"]
+    assert len(errors) == 1 and "short" in errors[0]["unit_id"] and "too short" in errors[0]["error"]
+    assert all(r["node"] and r["device"] == "cpu" for r in rows if r["kind"] != "error")
+    manifest = read_manifest(out)
+    assert manifest["workers"] and manifest["workers"][0]["device"] == "cpu"
+    assert manifest["config"]["adapt"]["method"] == "locas" and manifest["packages"]["torch"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["books"] == 4 and summary["failed_units"] == 1 and summary["ppl"] > 1
+    printed = capsys.readouterr().out
+    assert "rows:" in printed and "b3" in printed
+
+    assert run_pg19.main(flags(tiny_path, books, out)) == 0
+    assert "5 already finished" in capsys.readouterr().out
+    assert len(read_rows(out)) == len(rows)
+
+
+def test_reusing_an_output_folder_with_another_config_is_refused(ray_local, tiny_path, books, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_pg19.main(flags(tiny_path, books, out, "--max_books", "1")) == 0
+    capsys.readouterr()
+    assert run_pg19.main(flags(tiny_path, books, out, "--max_books", "1", "--lr", "1e-2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "another --output" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("bad", ["model", "data"])
+def test_bad_model_or_data_path_is_one_line_and_writes_nothing(tiny_path, books, tmp_path, capsys, bad):
+    out = tmp_path / "run"
+    model = tmp_path / "no-model" if bad == "model" else tiny_path
+    data = tmp_path / "no-data" if bad == "data" else books
+    assert run_pg19.main(flags(model, data, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and str(tmp_path / f"no-{bad}") in err
+    assert not out.exists()
+
+
+def test_unknown_option_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_pg19.main(["--loss_function", "KL", "--output", "x"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_killed_driver_resumes_to_the_same_table(ray_local, tiny_path, books, tmp_path):
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    assert run_pg19.main(flags(tiny_path, books, reference, "--max_tokens", "400")) == 0
+    command = [sys.executable, str(ROOT / "orchestration" / "run_pg19.py"),
+               *flags(tiny_path, books, out, "--max_tokens", "400")]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger, deadline = out / "ledger.jsonl", time.time() + 120
+    while time.time() < deadline and not (ledger.exists() and ledger.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    finished_before = ledger.read_text().count("\n")
+    assert 1 <= finished_before, "the driver should have finished a unit before it was killed"
+    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{finished_before} already finished" in resumed.stdout
+    rows = read_rows(out)
+    unit_ids = [r["unit_id"] for r in rows if r["kind"] in ("book", "error")]
+    assert len(unit_ids) == len(set(unit_ids)) == 5
+    assert book_table(out) == pytest.approx(book_table(reference))
