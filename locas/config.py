@@ -122,6 +122,7 @@ class ModelSpec(Settings):
     device: str = "auto"
     trust_remote_code: bool = False
     attn_implementation: str | None = None  # None: flash_attention_2 when installed on CUDA, else sdpa
+    compile: bool = False  # torch.compile the backbone (static window shapes: compiled once per run)
 
     def __post_init__(self):
         _choice("dtype", self.dtype, DTYPES)

@@ -281,6 +281,8 @@ def load_for_worker(model_spec: dict) -> CausalLMWithMemory:
     model = CausalLMWithMemory.from_pretrained(path, dtype=dtype, device=device, trust_remote_code=trust,
                                                attn_implementation=attn)
     model.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    if model_spec.get("compile"):
+        model.model.compile(dynamic=False)
     return model
 
 

@@ -29,6 +29,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--num_workers", type=int, default=1, help="CPU actors when --num_gpus 0")
     g.add_argument("--batch_size", type=int, default=1, help="documents adapted at once per actor (locas/none)")
     g.add_argument("--trust_remote_code", action="store_true", help="allow code shipped with the checkpoint")
+    g.add_argument("--compile", action="store_true", help="torch.compile the backbone (pays off on GPUs)")
     g = p.add_argument_group("method, memory and optimizer")
     g.add_argument("--method", default="locas", choices=METHODS)
     g.add_argument("--memory_width", type=int, default=64, help="memory rows r per layer (keep_top)")
@@ -63,7 +64,8 @@ def adapt_config(args, **task_defaults) -> AdaptConfig:
 
 
 def model_spec(args) -> ModelSpec:
-    return ModelSpec(model=str(args.model), dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    return ModelSpec(model=str(args.model), dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                     compile=args.compile)
 
 
 def check_model(spec: ModelSpec) -> None:
