@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.load import load_run
+from analysis.tables import pg19_table
 from locas.tiny import sample_text
 from orchestration import run_pg19
 from orchestration.store import read_manifest, read_rows
@@ -53,6 +55,10 @@ def test_run_pg19_writes_rows_summary_and_resumes_without_duplicates(ray_local, 
     assert run_pg19.main(flags(tiny_path, books, out)) == 0
     assert "5 already finished" in capsys.readouterr().out
     assert len(read_rows(out)) == len(rows)
+
+    runs = load_run(out)  # the notebooks' reader sees the same figures as the run's summary
+    assert len(runs.books) == 4 and len(runs.errors) == 1
+    assert pg19_table(runs.windows, runs.books)["ppl"].iloc[0] == pytest.approx(summary["ppl"])
 
 
 def test_reusing_an_output_folder_with_another_config_is_refused(ray_local, tiny_path, books, tmp_path, capsys):
