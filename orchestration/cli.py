@@ -92,6 +92,29 @@ def run_config_id(task: str, spec: ModelSpec, cfg: AdaptConfig, options: dict) -
     return config, digest
 
 
+def parse_run_args(p: argparse.ArgumentParser, argv, prepare_demo=None):
+    """Parse flags; `--demo` fills in its tiny inputs (where the script has a demo); `--output` is required."""
+    args = p.parse_args(argv)
+    if args.demo:
+        if prepare_demo is None:
+            raise LocasError("--demo belongs to run_pg19.py and run_sweep.py; this command needs --data")
+        prepare_demo(args)
+    if not args.output:
+        raise LocasError("--output is required: the run folder where the results go")
+    return args
+
+
+def start_ray(demo: bool) -> None:
+    """Join the running cluster if there is one, else start a local Ray (2 CPUs, no dashboard for --demo)."""
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(**({"num_cpus": 2, "include_dashboard": False} if demo else {}), log_to_driver=False)
+
+
 def cli_main(main):
     """Wrap an entry script's main: a LocasError is one line on stderr and exit code 2."""
     @functools.wraps(main)
@@ -109,8 +132,6 @@ def cli_main(main):
 
 def execute(task: str, units: list, args, spec: ModelSpec, config: dict, config_id: str):
     """Open the store, start or join Ray, run every unit not yet finished; returns the store."""
-    import os
-
     import ray
 
     from orchestration.scheduler import run_units
@@ -122,10 +143,7 @@ def execute(task: str, units: list, args, spec: ModelSpec, config: dict, config_
         raise LocasError("nothing to run: the data selection is empty")
     if args.num_gpus < 0 or args.num_workers < 1 or args.batch_size < 1:
         raise LocasError("--num_gpus must be >= 0, --num_workers and --batch_size >= 1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        ray.init(**({"num_cpus": 2} if args.demo else {}), include_dashboard=False if args.demo else None,
-                 log_to_driver=False)
+    start_ray(args.demo)
     resources = ray.cluster_resources()
     if args.num_gpus > resources.get("GPU", 0):
         raise LocasError(f"--num_gpus {args.num_gpus} but the Ray cluster has {resources.get('GPU', 0):g} GPUs")

@@ -15,8 +15,8 @@ from locas.config import LOSS_ALIASES, LOSSES, METHODS
 from locas.data.locomo import CATEGORIES, load_locomo
 from locas.errors import LocasError
 from locas.metrics import category_means
-from orchestration.cli import (adapt_config, check_model, cli_main, execute, model_spec, parser, print_table,
-                               run_config_id)
+from orchestration.cli import (adapt_config, check_model, cli_main, execute, model_spec, parse_run_args, parser,
+                               print_table, run_config_id)
 from orchestration.units import make_unit
 
 LOCOMO_STEPS = 2  # SPEC §7: two updates per chunk for both methods unless --steps says otherwise
@@ -45,11 +45,9 @@ def summarize(rows: list[dict]) -> dict:
 
 @cli_main
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.demo:
-        raise LocasError("--demo is for run_pg19.py; run_locomo.py needs --data (e.g. locomo10.json)")
-    if not args.output or not args.data:
-        raise LocasError("--data (a locomo10.json-shaped file) and --output (a run folder) are required")
+    args = parse_run_args(build_parser(), argv)
+    if not args.data:
+        raise LocasError("--data is required: a locomo10.json-shaped file")
     spec, cfg = model_spec(args), adapt_config(args, steps_per_window=LOCOMO_STEPS)
     check_model(spec)
     conversations = load_locomo(args.data, strict=False)[:args.max_conversations]

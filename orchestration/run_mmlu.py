@@ -13,10 +13,9 @@ from pathlib import Path
 
 from locas.data.mmlu import load_mmlu
 from locas.data.pg19 import load_books
-from locas.errors import LocasError
 from locas.metrics import mmlu_accuracy
-from orchestration.cli import (adapt_config, check_model, cli_main, execute, model_spec, parser, print_table,
-                               run_config_id)
+from orchestration.cli import (adapt_config, check_model, cli_main, execute, model_spec, parse_run_args, parser,
+                               print_table, run_config_id)
 from orchestration.units import make_unit
 
 
@@ -50,11 +49,7 @@ def summarize(rows: list[dict]) -> dict:
 
 @cli_main
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.demo:
-        raise LocasError("--demo is for run_pg19.py; run_mmlu.py needs --data and --books")
-    if not args.output:
-        raise LocasError("--output is required: the run folder where rows, ledger and summary go")
+    args = parse_run_args(build_parser(), argv)
     spec, cfg = model_spec(args), adapt_config(args)
     check_model(spec)
     subjects = args.subjects.split(",") if args.subjects else None

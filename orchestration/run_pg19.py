@@ -14,10 +14,9 @@ import math
 from pathlib import Path
 
 from locas.data.pg19 import load_books
-from locas.errors import LocasError
 from locas.metrics import PPL_AT, ppl_at, range_ppl, templora_ppl
-from orchestration.cli import (adapt_config, check_model, cli_main, execute, model_spec, parser, print_table,
-                               run_config_id)
+from orchestration.cli import (adapt_config, check_model, cli_main, execute, model_spec, parse_run_args, parser,
+                               print_table, run_config_id)
 from orchestration.units import make_unit
 
 DEMO_BOOKS = 3
@@ -63,11 +62,7 @@ def summarize(rows: list[dict]) -> dict:
 
 @cli_main
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.demo:
-        prepare_demo(args)
-    if not args.output:
-        raise LocasError("--output is required: the run folder where rows, ledger and summary go")
+    args = parse_run_args(build_parser(), argv, prepare_demo)
     spec, cfg = model_spec(args), adapt_config(args)
     check_model(spec)
     ids = args.book_ids.split(",") if args.book_ids else None

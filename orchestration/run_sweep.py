@@ -18,8 +18,7 @@ import os
 from pathlib import Path
 
 from locas.data.pg19 import DEFAULT_DATASET, load_books
-from locas.errors import LocasError
-from orchestration.cli import adapt_config, check_model, cli_main, model_spec, parser
+from orchestration.cli import adapt_config, check_model, cli_main, model_spec, parse_run_args, parser, start_ray
 from orchestration.sweep import expand_space, parse_space, refuse_test_split, run_sweep
 
 SHOWN = ["trial", "method", "loss_function", "memory_width", "memory_init", "lr", "steps_per_window",
@@ -66,11 +65,7 @@ def prepare_demo(args) -> None:
 
 @cli_main
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.demo:
-        prepare_demo(args)
-    if not args.output:
-        raise LocasError("--output is required: the run folder where trials.csv, rows and ledger go")
+    args = parse_run_args(build_parser(), argv, prepare_demo)
     space = parse_space(args.grid, args.sample, args.space, args.num_samples,
                         args.sample_seed if args.sample_seed is not None else args.seed)
     spec, base = model_spec(args), adapt_config(args)
@@ -83,12 +78,8 @@ def main(argv=None):
     refuse_test_split(data, args.split, [b.book_id for b in books], allow_test=args.allow_test)
     print(f"sweep: {len(configs)} trials x {len(books)} books ({data}, split {args.split})")
 
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: "rerun the same command", not Tuner.restore
-    if not ray.is_initialized():
-        ray.init(**({"num_cpus": 2, "include_dashboard": False} if args.demo else {}), log_to_driver=False)
+    start_ray(args.demo)
     result = run_sweep(configs, spec, books, args.output, data=data, split=args.split, num_gpus=args.num_gpus,
                        gpus_per_trial=args.gpus_per_trial, num_workers=args.num_workers, asha=args.asha,
                        batch_size=args.batch_size, test_data=args.test_data, progress=not args.no_progress,

@@ -6,7 +6,7 @@ import torch
 
 from conftest import PG19_BOOKS, require
 from locas import losses
-from locas.adapt import Adapter, Document, adapt_documents, sliding_windows
+from locas.adapt import Adapter, sliding_windows
 from locas.config import AdaptConfig
 from locas.data.pg19 import Book
 from locas.errors import LocasError

@@ -1,5 +1,4 @@
 """The memory-augmented model against independent computations (SPEC §1-3)."""
-import json
 import pickle
 import subprocess
 import sys

@@ -1,10 +1,8 @@
 """The scheduler on a local Ray with fake workers (a test runner registry and a fake loader, no model)."""
-import json
 import os
 import random
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
