@@ -110,3 +110,46 @@ def test_killed_driver_resumes_to_the_same_table(ray_local, tiny_path, books, tm
     unit_ids = [r["unit_id"] for r in rows if r["kind"] in ("book", "error")]
     assert len(unit_ids) == len(set(unit_ids)) == 5
     assert book_table(out) == pytest.approx(book_table(reference))
+
+
+def test_run_locomo_end_to_end(ray_local, tiny_path, tmp_path, capsys):
+    from test_task_locomo import sample
+
+    from orchestration import run_locomo
+
+    data = tmp_path / "locomo.json"
+    data.write_text(json.dumps([sample("conv-a"), sample("conv-b")]))
+    out = tmp_path / "locomo"
+    argv = ["--model", str(tiny_path), "--data", str(data), "--output", str(out), "--dtype", "float32",
+            "--memory_type", "locas", "--ttt_loss", "ST", "--memory_width", "8", "--window_size", "128",
+            "--no_progress"]
+    assert run_locomo.main(argv) == 0
+    rows = read_rows(out)
+    qa = [r for r in rows if r["kind"] == "qa"]
+    assert len(qa) == 10 and {r["conversation_id"] for r in qa} == {"conv-a", "conv-b"}
+    assert sum(r["kind"] == "error" for r in rows) == 2  # the question without an answer, once per conversation
+    manifest = read_manifest(out)
+    assert manifest["config"]["adapt"]["loss"] == "SD" and manifest["config"]["adapt"]["steps_per_window"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["questions"] == 10 and "f1_single_hop" in summary and "f1_adversarial_report" in summary
+    assert "rows:" in capsys.readouterr().out
+
+
+def test_run_mmlu_retention_end_to_end(ray_local, tiny_path, books, tmp_path):
+    from orchestration import run_mmlu
+
+    mmlu = tmp_path / "mmlu"
+    mmlu.mkdir()
+    lines = ["question,choice0,choice1,choice2,choice3,answer"]
+    lines += [f"What is {i} plus {i}?,{2 * i},{i},{3 * i},{i + 1},0" for i in range(1, 9)]
+    (mmlu / "arithmetic_test.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "retention"
+    argv = ["--model", str(tiny_path), "--data", str(mmlu), "--books", str(books), "--after_book", "b0,b1",
+            "--output", str(out), "--dtype", "float32", "--memory_width", "8", "--window_size", "64",
+            "--max_tokens", "300", "--no_progress"]
+    assert run_mmlu.main(argv) == 0
+    rows = [r for r in read_rows(out) if r["kind"] == "mmlu"]
+    variants = {v: [r for r in rows if r["variant"] == v] for v in ("base", "memory", "dense")}
+    assert [len(v) for v in variants.values()] == [8, 16, 16]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["memory_dense_agreement"] >= 0.999
