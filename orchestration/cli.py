@@ -17,6 +17,7 @@ from locas.config import DTYPES, LOSSES, LOSS_ALIASES, MEMORY_INITS, METHODS, Ad
 from locas.errors import LocasError
 
 DEFAULT_MODEL = "Qwen/Qwen3-1.7B-Base"
+GPU_BATCH = 8  # documents per GPU: at batch 1 a window step is launch-bound (benchmarks/RESULTS.md)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -27,7 +28,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     g.add_argument("--num_gpus", type=int, default=0, help="GPU actors, one GPU each; 0 runs on CPU actors")
     g.add_argument("--num_workers", type=int, default=1, help="CPU actors when --num_gpus 0")
-    g.add_argument("--batch_size", type=int, default=1, help="documents adapted at once per actor (locas/none)")
+    g.add_argument("--batch_size", type=int, default=None,
+                   help=f"documents adapted at once per actor (locas/none); default {GPU_BATCH} on GPUs, 1 on CPUs")
     g.add_argument("--trust_remote_code", action="store_true", help="allow code shipped with the checkpoint")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone (pays off on GPUs)")
     g = p.add_argument_group("method, memory and optimizer")
@@ -61,6 +63,14 @@ def adapt_config(args, **task_defaults) -> AdaptConfig:
         if values.get(key) is None:
             values[key] = value
     return AdaptConfig(**values)
+
+
+def batch_size(args) -> int:
+    """Documents per actor: the flag, else a batch that fills a GPU, else 1 on CPU actors."""
+    size = args.batch_size or (GPU_BATCH if args.num_gpus else 1)
+    if size < 1:
+        raise LocasError(f"--batch_size {size} must be at least 1")
+    return size
 
 
 def model_spec(args) -> ModelSpec:
@@ -141,8 +151,8 @@ def execute(task: str, units: list, args, spec: ModelSpec, config: dict, config_
 
     if not units:
         raise LocasError("nothing to run: the data selection is empty")
-    if args.num_gpus < 0 or args.num_workers < 1 or args.batch_size < 1:
-        raise LocasError("--num_gpus must be >= 0, --num_workers and --batch_size >= 1")
+    if args.num_gpus < 0 or args.num_workers < 1:
+        raise LocasError("--num_gpus must be >= 0 and --num_workers >= 1")
     start_ray(args.demo)
     resources = ray.cluster_resources()
     if args.num_gpus > resources.get("GPU", 0):
@@ -155,7 +165,7 @@ def execute(task: str, units: list, args, spec: ModelSpec, config: dict, config_
     def make_worker():
         return actor_class.remote(worker_spec, RUNNERS, batch_runners=BATCH_RUNNERS)
 
-    counts = run_units(units, make_worker, store, num_workers=num_workers, slots=args.batch_size,
+    counts = run_units(units, make_worker, store, num_workers=num_workers, slots=batch_size(args),
                        progress=not args.no_progress)
     print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished")
     workers = {(r.get("node"), r.get("device")) for r in store.rows() if r.get("node")}

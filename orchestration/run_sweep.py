@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 
 from locas.data.pg19 import DEFAULT_DATASET, load_books
-from orchestration.cli import adapt_config, check_model, cli_main, model_spec, parse_run_args, parser, start_ray
+from orchestration.cli import (adapt_config, batch_size, check_model, cli_main, model_spec, parse_run_args, parser,
+                               start_ray)
 from orchestration.sweep import expand_space, parse_space, refuse_test_split, run_sweep
 
 SHOWN = ["trial", "method", "loss_function", "memory_width", "memory_init", "lr", "steps_per_window",
@@ -82,7 +83,7 @@ def main(argv=None):
     start_ray(args.demo)
     result = run_sweep(configs, spec, books, args.output, data=data, split=args.split, num_gpus=args.num_gpus,
                        gpus_per_trial=args.gpus_per_trial, num_workers=args.num_workers, asha=args.asha,
-                       batch_size=args.batch_size, test_data=args.test_data, progress=not args.no_progress,
+                       batch_size=batch_size(args), test_data=args.test_data, progress=not args.no_progress,
                        max_trials=args.max_trials)
     print(f"trials: {result.ran} ran now, {result.skipped} already finished"
           + (f", {len(result.remaining)} not finished yet: rerun the same command" if result.remaining else ""))

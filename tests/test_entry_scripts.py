@@ -153,3 +153,14 @@ def test_run_mmlu_retention_end_to_end(ray_local, tiny_path, books, tmp_path):
     assert [len(v) for v in variants.values()] == [8, 16, 16]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["memory_dense_agreement"] >= 0.999
+
+
+def test_defaults_are_safe_and_fit_the_device():
+    from orchestration.cli import batch_size, model_spec
+
+    parse = run_pg19.build_parser().parse_args
+    assert model_spec(parse([])).trust_remote_code is False
+    assert model_spec(parse(["--trust_remote_code"])).trust_remote_code is True
+    assert batch_size(parse([])) == 1 and batch_size(parse(["--num_gpus", "2"])) == 8
+    assert batch_size(parse(["--num_gpus", "2", "--batch_size", "3"])) == 3
+    assert parse(["--steps_per_window", "3"]).steps == 3
