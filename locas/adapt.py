@@ -130,7 +130,8 @@ class Adapter:
     @torch.no_grad()
     def _teacher_logits(self, batch: _Batch, docs: list[Document]):
         """Frozen base, memory off, reading up to `teacher_tokens` preceding tokens plus the window."""
-        out = torch.zeros(len(docs), self.width, self.model.config.vocab_size, device=self.model.device)
+        out = torch.zeros(len(docs), self.width, self.model.config.vocab_size, device=self.model.device,
+                          dtype=self.model.model.dtype)  # (S, T, V) in the model's dtype: fp32 would double it
         has_context = torch.zeros(len(docs), 1, device=self.model.device)
         with self.method.base_context():
             for i, (doc, w) in enumerate(zip(docs, batch.windows)):
@@ -167,7 +168,7 @@ class Adapter:
                 prompts = prefix.expand(cfg.grpo_group, -1)
                 samples = model.model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
                                                max_new_tokens=length, min_new_tokens=length,
-                                               pad_token_id=model.config.eos_token_id or 0)
+                                               pad_token_id=_pad_id(model.config))
             continuation = samples[:, prefix.shape[0]:]  # (G, length)
             rewards = torch.tensor([losses.token_f1(c.tolist(), truth) for c in continuation], device=device)
             advantages = losses.group_advantages(rewards)
@@ -194,7 +195,7 @@ class Adapter:
         if self.shared_forward:
             with method.train_context():
                 logits = self._logits(batch, slots)
-            nll = token_nll(logits, batch.ids, batch.mask)
+            nll = token_nll(logits.detach() if cfg.loss == "SD" else logits, batch.ids, batch.mask)
             nll_sum = (nll.detach() * batch.score).sum(1)
             loss = self._window_loss(logits, nll, batch, teacher)
             loss.sum().backward()
@@ -258,6 +259,16 @@ class Adapter:
         self.method.reset(slot, doc.tokens[first.start:first.end].unsqueeze(0).to(self.model.device))
         result = DocumentResult(doc, slot, trainable_params=self.method.trainable_parameters())
         return _Slot(doc, result)
+
+
+def _pad_id(config) -> int:
+    """A pad id for sampling: the model's pad token, else its (first) EOS token, else 0."""
+    for candidate in (getattr(config, "pad_token_id", None), getattr(config, "eos_token_id", None)):
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return candidate
+    return 0
 
 
 def adapt_documents(model: CausalLMWithMemory, documents: Iterable[Document], cfg: AdaptConfig,

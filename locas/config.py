@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 
 from locas.errors import LocasError
@@ -76,7 +77,24 @@ class AdaptConfig(Settings):
     lora_dropout: float = 0.05
     seed: int = 0
 
+    INTS = ("memory_width", "steps_per_window", "window_size", "overlap", "max_tokens", "teacher_context",
+            "grpo_group", "grpo_length", "lora_rank", "lora_alpha", "seed")
+    FLOATS = ("lr", "temperature", "mix_lambda", "grpo_beta", "lora_dropout")
+
+    def _check_types(self):
+        for name in self.INTS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise LocasError(f"{name}={value!r} must be a whole number")
+        for name in self.FLOATS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise LocasError(f"{name}={value!r} must be a finite number")
+
     def __post_init__(self):
+        self._check_types()
         object.__setattr__(self, "loss", LOSS_ALIASES.get(self.loss, self.loss))
         _choice("method", self.method, METHODS)
         _choice("loss_function", self.loss, LOSSES + tuple(LOSS_ALIASES))
@@ -97,6 +115,8 @@ class AdaptConfig(Settings):
             raise LocasError(f"mix_lambda={self.mix_lambda} must be within [0, 1]")
         if self.temperature <= 0 or self.grpo_group < 2 or self.grpo_length < 1 or self.lora_rank < 1:
             raise LocasError("temperature must be > 0, grpo_group >= 2, grpo_length >= 1 and lora_rank >= 1")
+        if self.grpo_beta < 0 or not 0 <= self.lora_dropout < 1 or (self.teacher_context or 0) < 0:
+            raise LocasError("grpo_beta must be >= 0, lora_dropout within [0, 1) and teacher_context >= 0")
 
     @property
     def learning_rate(self) -> float:

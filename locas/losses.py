@@ -6,6 +6,22 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+POSITIONS_PER_CHUNK = 512
+
+
+def over_positions(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """fn over chunks of positions (axis 1), concatenated. Under autograd each chunk is checkpointed, so the
+    fp32 (S, chunk, vocab) temporaries of a log-softmax are never all alive, in forward or backward: at
+    Qwen3's 152K vocabulary a whole (8, 2048, V) fp32 tensor is 10 GB."""
+    length = tensors[0].shape[1]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    pieces = []
+    for start in range(0, length, POSITIONS_PER_CHUNK):
+        chunk = [t[:, start:start + POSITIONS_PER_CHUNK] for t in tensors]
+        pieces.append(checkpoint(fn, *chunk, use_reentrant=False) if grad else fn(*chunk))
+    return torch.cat(pieces, dim=1)
 
 
 def ntp(nll: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
@@ -19,10 +35,14 @@ def self_distillation(student_logits, teacher_logits, score_mask, temperature: f
     student_logits, teacher_logits (S, T, V) aligned on the window's positions; score_mask (S, T−1) is zero
     for a slot whose teacher read no more than the student (window 0), which therefore gets no gradient."""
     t = temperature
-    log_student = F.log_softmax(student_logits[:, :-1].float() / t, dim=-1)
-    log_teacher = F.log_softmax(teacher_logits[:, :-1].float() / t, dim=-1)
-    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)  # (S, T−1)
-    return t * t * (kl * score_mask).sum(1) / score_mask.sum(1).clamp_min(1)
+
+    def kl(student, teacher):  # (S, n, V) → (S, n)
+        log_student = F.log_softmax(student.float() / t, dim=-1)
+        log_teacher = F.log_softmax(teacher.float() / t, dim=-1)
+        return (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+
+    per_token = over_positions(kl, student_logits[:, :-1], teacher_logits[:, :-1])  # (S, T−1)
+    return t * t * (per_token * score_mask).sum(1) / score_mask.sum(1).clamp_min(1)
 
 
 def token_f1(prediction: list[int], reference: list[int]) -> float:

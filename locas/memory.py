@@ -69,7 +69,8 @@ def load_memory(path, model=None, device=None) -> tuple[torch.Tensor, int]:
     if not path.is_file():
         raise LocasError(f"memory file not found: {path}")
     try:
-        tensors = load_file(str(path), device=str(device or "cpu"))
+        target = device or (model.device if model is not None else "cpu")
+        tensors = load_file(str(path), device=str(target))
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:

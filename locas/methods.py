@@ -111,6 +111,8 @@ class TempLoRA(NoAdaptation):
                             lora_dropout=self.cfg.lora_dropout, target_modules=list(self.TARGETS))
         self.lora = LoraModel(self.model.model, config, "templora")  # injects in place; `finish` removes it
         self.params = [p for n, p in self.model.model.named_parameters() if "lora_" in n]
+        for p in self.params:  # fp32 adapter on a bf16 base, as PeftModel does: lr 5e-5 updates vanish in bf16
+            p.data = p.data.float()
         self.model.model.eval()
 
     def reset(self, slot: int, first_window: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locas.errors import LocasError
+from locas.losses import over_positions
 from locas.memory import GATE, KEY, VALUE, check_memory, clip_rows, memory_branch
 
 MEMORY_INITS = ("highest", "lowest", "random_index", "random")
@@ -135,6 +136,9 @@ class CausalLMWithMemory(nn.Module):
             yield
             return
         self.check_memory(memory, batch)
+        if memory.device != self.device:
+            raise LocasError(f"memory is on {memory.device} but the model on {self.device}: "
+                             f"move it with memory.to('{self.device}')")
         rank = base_rank or memory.shape[2]
         if not 1 <= rank <= memory.shape[2]:
             raise LocasError(f"base_rank {rank} must be between 1 and the memory's width {memory.shape[2]}")
@@ -228,7 +232,8 @@ class CausalLMWithMemory(nn.Module):
         config = copy.deepcopy(self.config)
         config.intermediate_size = self.intermediate_size + sample.shape[1]
         dtype = self.model.dtype
-        dense = type(self.model)._from_config(config, dtype=dtype).to(self.device)
+        with torch.device(self.device):
+            dense = type(self.model)._from_config(config, dtype=dtype)
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
         for layer, mlp in enumerate(self.mlps):
             prefix = _module_prefix(self.model, mlp)
@@ -256,7 +261,10 @@ def _module_prefix(root: nn.Module, module: nn.Module) -> str:
 
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
     """NLL (B, T−1) of each next token given logits (B, T, V); targets under a zero mask get 0."""
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+    def chunk_nll(chunk_logits, targets):
+        return F.cross_entropy(chunk_logits.float().transpose(1, 2), targets, reduction="none")
+
+    nll = over_positions(chunk_nll, logits[:, :-1], input_ids[:, 1:])
     return nll if attention_mask is None else nll * attention_mask[:, 1:].to(nll.dtype)
 
 
@@ -277,7 +285,7 @@ def load_for_worker(model_spec: dict) -> CausalLMWithMemory:
     if Path(str(path)).expanduser().exists():
         path = str(Path(path).expanduser())
     trust = model_spec.get("trust_remote_code", False)
-    attn = model_spec.get("attn_implementation") or default_attention(device)
+    attn = model_spec.get("attn_implementation") or default_attention(device, dtype)
     model = CausalLMWithMemory.from_pretrained(path, dtype=dtype, device=device, trust_remote_code=trust,
                                                attn_implementation=attn)
     model.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
@@ -286,9 +294,9 @@ def load_for_worker(model_spec: dict) -> CausalLMWithMemory:
     return model
 
 
-def default_attention(device) -> str:
-    """flash-attn when it is installed and the model is on a GPU, else PyTorch's SDPA."""
+def default_attention(device, dtype) -> str:
+    """flash-attn when installed, on a GPU, in half precision (it refuses fp32); else PyTorch's SDPA."""
     import importlib.util
 
-    on_gpu = str(device).startswith("cuda")
-    return "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+    usable = str(device).startswith("cuda") and dtype in (torch.bfloat16, torch.float16)
+    return "flash_attention_2" if usable and importlib.util.find_spec("flash_attn") else "sdpa"

@@ -17,7 +17,7 @@ from locas.config import DTYPES, LOSSES, LOSS_ALIASES, MEMORY_INITS, METHODS, Ad
 from locas.errors import LocasError
 
 DEFAULT_MODEL = "Qwen/Qwen3-1.7B-Base"
-GPU_BATCH = 8  # documents per GPU: at batch 1 a window step is launch-bound (benchmarks/RESULTS.md)
+GPU_BATCH = {"NTP": 8, "SD": 4, "MIX": 4}  # PG-19 books per GPU for locas/none: batch 1 is launch-bound
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -29,7 +29,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--num_gpus", type=int, default=0, help="GPU actors, one GPU each; 0 runs on CPU actors")
     g.add_argument("--num_workers", type=int, default=1, help="CPU actors when --num_gpus 0")
     g.add_argument("--batch_size", type=int, default=None,
-                   help=f"documents adapted at once per actor (locas/none); default {GPU_BATCH} on GPUs, 1 on CPUs")
+                   help="PG-19 books adapted at once per actor (locas/none); default on GPUs: 8 for NTP, "
+                        "4 for SD/MIX (their teacher logits take memory), else 1")
     g.add_argument("--trust_remote_code", action="store_true", help="allow code shipped with the checkpoint")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone (pays off on GPUs)")
     g = p.add_argument_group("method, memory and optimizer")
@@ -65,12 +66,15 @@ def adapt_config(args, **task_defaults) -> AdaptConfig:
     return AdaptConfig(**values)
 
 
-def batch_size(args) -> int:
-    """Documents per actor: the flag, else a batch that fills a GPU, else 1 on CPU actors."""
-    size = args.batch_size or (GPU_BATCH if args.num_gpus else 1)
-    if size < 1:
-        raise LocasError(f"--batch_size {size} must be at least 1")
-    return size
+def batch_size(args, task: str = "pg19") -> int:
+    """Units per actor: the flag, else a batch that fills a GPU where documents batch (PG-19 under locas or
+    none), else 1 (LoRA, GRPO, LoCoMo and MMLU units run one at a time: more would idle other GPUs)."""
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise LocasError(f"--batch_size {args.batch_size} must be at least 1")
+        return args.batch_size
+    batches = task == "pg19" and args.method in ("none", "locas") and args.num_gpus
+    return GPU_BATCH.get(LOSS_ALIASES.get(args.loss_function, args.loss_function), 1) if batches else 1
 
 
 def model_spec(args) -> ModelSpec:
@@ -78,21 +82,26 @@ def model_spec(args) -> ModelSpec:
                      compile=args.compile)
 
 
-def check_model(spec: ModelSpec) -> None:
-    """Fail before anything is written when the checkpoint cannot be found (a folder or a hub id)."""
+def check_model(spec: ModelSpec, cfg: AdaptConfig | None = None) -> None:
+    """Fail before anything is written when the checkpoint cannot be found (a folder or a hub id), or
+    cannot take the memory asked for."""
     path = Path(spec.model).expanduser()
     looks_local = path.exists() or spec.model.startswith((".", "/", "~")) or spec.model.count("/") > 1
-    if looks_local:
-        if not (path / "config.json").is_file():
-            raise LocasError(f"model not found: {path} is not a checkpoint folder (no config.json)")
-        return
+    if looks_local and not (path / "config.json").is_file():
+        raise LocasError(f"model not found: {path} is not a checkpoint folder (no config.json)")
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
+        config = AutoConfig.from_pretrained(str(path) if looks_local else spec.model,
+                                            trust_remote_code=spec.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - any failure to resolve the id is the same user error
         raise LocasError(f"model {spec.model!r} could not be found locally or on the hub: "
                          f"{str(e).splitlines()[0]}") from None
+    width, act = getattr(config, "intermediate_size", None), getattr(config, "hidden_act", None)
+    if width is None or act not in ("silu", "swish"):
+        raise LocasError(f"model {spec.model!r} ({config.model_type}) has no gated SiLU MLP, which Locas needs")
+    if cfg is not None and cfg.method == "locas" and cfg.memory_width > width:
+        raise LocasError(f"--memory_width {cfg.memory_width} is larger than the model's MLP ({width} units)")
 
 
 def run_config_id(task: str, spec: ModelSpec, cfg: AdaptConfig, options: dict) -> tuple[dict, str]:
@@ -165,7 +174,7 @@ def execute(task: str, units: list, args, spec: ModelSpec, config: dict, config_
     def make_worker():
         return actor_class.remote(worker_spec, RUNNERS, batch_runners=BATCH_RUNNERS)
 
-    counts = run_units(units, make_worker, store, num_workers=num_workers, slots=batch_size(args),
+    counts = run_units(units, make_worker, store, num_workers=num_workers, slots=batch_size(args, task),
                        progress=not args.no_progress)
     print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished")
     workers = {(r.get("node"), r.get("device")) for r in store.rows() if r.get("node")}

@@ -25,7 +25,8 @@ LOCOMO_STEPS = 2  # SPEC §7: two updates per chunk for both methods unless --st
 def build_parser():
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--memory_type", dest="method", choices=METHODS, help="the seed's name for --method")
-    p.add_argument("--ttt_loss", dest="loss_function", choices=LOSSES + tuple(LOSS_ALIASES), help="the seed's name for --loss_function")
+    p.add_argument("--ttt_loss", dest="loss_function", choices=LOSSES + tuple(LOSS_ALIASES),
+                   help="the seed's name for --loss_function")
     p.add_argument("--context_mode", default="date_split", choices=["date_split"])
     p.add_argument("--answer_context", default="full", choices=["full", "none"])
     p.add_argument("--max_conversations", type=int, default=None)
@@ -49,9 +50,9 @@ def main(argv=None):
     if not args.data:
         raise LocasError("--data is required: a locomo10.json-shaped file")
     spec, cfg = model_spec(args), adapt_config(args, steps_per_window=LOCOMO_STEPS)
-    check_model(spec)
+    check_model(spec, cfg)
     conversations = load_locomo(args.data, strict=False)[:args.max_conversations]
-    options = {"answer_context": args.answer_context, "context_mode": args.context_mode}
+    options = {"answer_context": args.answer_context, "context_mode": args.context_mode, "seed": args.seed}
     config, config_id = run_config_id("locomo", spec, cfg, {"data": str(Path(args.data).resolve()), **options})
     units = [make_unit("locomo", c.sample_id, sum(len(t.text) for s in c.sessions for t in s.turns), cfg,
                        config_id, c, **options) for c in conversations]

@@ -51,7 +51,7 @@ def summarize(rows: list[dict]) -> dict:
 def main(argv=None):
     args = parse_run_args(build_parser(), argv)
     spec, cfg = model_spec(args), adapt_config(args)
-    check_model(spec)
+    check_model(spec, cfg)
     subjects = args.subjects.split(",") if args.subjects else None
     questions = load_mmlu(args.data, subjects=subjects, split="test")
     dev = load_mmlu(args.data, subjects=subjects, split="dev") if args.shots else []

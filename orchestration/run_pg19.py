@@ -48,10 +48,12 @@ def prepare_demo(args) -> None:
 
 
 def summarize(rows: list[dict]) -> dict:
-    windows = [r for r in rows if r["kind"] == "window"]
-    books = [r for r in rows if r["kind"] == "book"]
+    """Headline figures over the books that completed; a book stopped by an error is counted, not pooled."""
+    stopped = {r["unit_id"] for r in rows if r["kind"] == "book" and r.get("error")}
+    windows = [r for r in rows if r["kind"] == "window" and r["unit_id"] not in stopped]
+    books = [r for r in rows if r["kind"] == "book" and r["unit_id"] not in stopped]
     summary = {"books": len(books), "failed_units": sum(r["kind"] == "error" for r in rows),
-               "books_with_error": sum(bool(r.get("error")) for r in books),
+               "books_with_error": len(stopped),
                "scored_tokens": sum(w["scored_tokens"] for w in windows),
                "ppl": range_ppl(windows), "templora_ppl": templora_ppl(windows)}
     for n in PPL_AT:
@@ -64,7 +66,7 @@ def summarize(rows: list[dict]) -> dict:
 def main(argv=None):
     args = parse_run_args(build_parser(), argv, prepare_demo)
     spec, cfg = model_spec(args), adapt_config(args)
-    check_model(spec)
+    check_model(spec, cfg)
     ids = args.book_ids.split(",") if args.book_ids else None
     books = load_books(args.data or "emozilla/pg19", split=args.split, ids=ids, max_books=args.max_books)
     options = {"data": args.data or "emozilla/pg19", "split": args.split}

@@ -73,7 +73,8 @@ def main(argv=None):
     configs = expand_space(space, base)
     data = args.data or DEFAULT_DATASET
     refuse_test_split(data, args.split, allow_test=args.allow_test)
-    check_model(spec)
+    widest = max(configs, key=lambda c: (c.method == "locas", c.memory_width))
+    check_model(spec, widest)
     ids = args.book_ids.split(",") if args.book_ids else None
     books = load_books(data, split=args.split, ids=ids, max_books=args.max_books)
     refuse_test_split(data, args.split, [b.book_id for b in books], allow_test=args.allow_test)

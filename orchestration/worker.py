@@ -69,6 +69,13 @@ def error_row(unit, error: str, attempts: int = 1) -> dict:
     }
 
 
+def _release_device_memory() -> None:
+    """Return cached blocks to the GPU after a failed batch, so the retries start from a clean device."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _node_name() -> str:
     """The Ray node IP inside a Ray worker, else the hostname."""
     ray = sys.modules.get("ray")
@@ -189,7 +196,10 @@ class Worker:
                     raise LocasError(f"batch runner answered unit {unit_id!r}, which it was not given or gave twice")
                 yield unit_id, self._finish(unit, rows, attempts, start)
         except Exception as e:  # noqa: BLE001
-            failure = e
+            # keep the message, not the traceback: its frames hold the failed step's activations (GPU memory)
+            failure = e.with_traceback(None)
+            failure.__context__ = failure.__cause__ = None
+            _release_device_memory()
         for unit in left.values():
             if unit.task in self.runners or failure is None:
                 yield self._run_one(model, unit, attempts)

@@ -79,9 +79,12 @@ def test_overlap_outside_range_is_refused(overlap):
         cfg(overlap=overlap)
 
 
-def test_too_short_book_is_refused(tiny_model, tokenizer):
-    with pytest.raises(LocasError, match="too short"):
-        run_pg19_book(tiny_model, tokenizer, Book("tiny", None, "a"), cfg())
+def test_too_short_book_is_an_error_row_and_the_batch_goes_on(tiny_model, tokenizer):
+    results = dict(run_pg19_books(tiny_model, tokenizer, [book(0), Book("tiny", None, "a"), book(1)], cfg(),
+                                  batch_size=3))
+    (tiny,) = [rows for b, rows in results.items() if b.book_id == "tiny"]
+    assert len(tiny) == 1 and tiny[0]["kind"] == "error" and "too short" in tiny[0]["error"]
+    assert sorted(b.book_id for b, rows in results.items() if rows[-1]["kind"] == "book") == ["book0", "book1"]
 
 
 def test_book_rows_cover_the_book(tiny_model, tokenizer):
@@ -246,3 +249,39 @@ def test_real_model_locas_beats_none_on_a_pg19_book(tinylm_path):
     print(f"tinylm-pg19 on book {real.book_id}, first 20,000 tokens, 512-token windows: "
           f"none PPL {ppl['none']:.3f}, locas PPL {ppl['locas']:.3f}")
     assert ppl["locas"] < ppl["none"]
+
+
+def test_chunked_nll_and_kl_equal_the_whole_computation(monkeypatch):
+    import torch.nn.functional as F
+
+    from locas.model import token_nll
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 20, 11, requires_grad=True)
+    teacher = torch.randn(2, 20, 11)
+    ids = torch.randint(0, 11, (2, 20))
+    mask = torch.ones(2, 19)
+
+    def both():
+        nll = token_nll(logits, ids)
+        kl = losses.self_distillation(logits, teacher, mask, temperature=2.0)
+        (nll.sum() + kl.sum()).backward()
+        grad, logits.grad = logits.grad, None
+        return nll.detach(), kl.detach(), grad
+
+    monkeypatch.setattr(losses, "POSITIONS_PER_CHUNK", 7)
+    chunked = both()
+    whole_nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    log_s, log_t = F.log_softmax(logits[:, :-1] / 2, -1), F.log_softmax(teacher[:, :-1] / 2, -1)
+    whole_kl = 4 * (log_t.exp() * (log_t - log_s)).sum(-1).mean(1)
+    (whole_nll.sum() + whole_kl.sum()).backward()
+    torch.testing.assert_close(chunked[0], whole_nll.detach())
+    torch.testing.assert_close(chunked[1], whole_kl.detach())
+    torch.testing.assert_close(chunked[2], logits.grad)
+
+
+@pytest.mark.parametrize("bad", [dict(lr="4e-3"), dict(memory_width="64"), dict(window_size=2048.0),
+                                 dict(lr=float("inf")), dict(lora_dropout=1.5), dict(teacher_context=-5)])
+def test_config_types_and_ranges_are_checked(bad):
+    with pytest.raises(LocasError):
+        AdaptConfig(**bad)

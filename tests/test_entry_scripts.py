@@ -1,5 +1,6 @@
 """The user's commands end to end on a local Ray: results, resume, refusals, a killed driver."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -164,3 +165,25 @@ def test_defaults_are_safe_and_fit_the_device():
     assert batch_size(parse([])) == 1 and batch_size(parse(["--num_gpus", "2"])) == 8
     assert batch_size(parse(["--num_gpus", "2", "--batch_size", "3"])) == 3
     assert parse(["--steps_per_window", "3"]).steps == 3
+
+
+def test_memory_wider_than_the_mlp_is_refused_before_anything_runs(tiny_path, books, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = flags(tiny_path, books, out)
+    argv[argv.index("--memory_width") + 1] = "4096"
+    assert run_pg19.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--memory_width 4096 is larger than the model's MLP (128 units)" in err and not out.exists()
+
+
+def test_summary_pools_only_books_that_completed():
+    def window(unit, nll, n=10, start=1):
+        return {"kind": "window", "unit_id": unit, "nll_sum": nll, "scored_tokens": n, "start": start}
+
+    rows = [window("a", 10.0), window("b", 20.0), window("c", float("nan")),
+            {"kind": "book", "unit_id": "a", "tokens": 11}, {"kind": "book", "unit_id": "b", "tokens": 11},
+            {"kind": "book", "unit_id": "c", "tokens": 11, "error": "non-finite loss at window 0"},
+            {"kind": "error", "unit_id": "d", "error": "too short"}]
+    summary = run_pg19.summarize(rows)
+    assert summary["ppl"] == pytest.approx(math.exp(30.0 / 20))
+    assert (summary["books"], summary["books_with_error"], summary["failed_units"]) == (2, 1, 1)

@@ -46,15 +46,19 @@ def book_rows(result: DocumentResult, book: Book, cfg: AdaptConfig) -> list[dict
 
 def run_pg19_books(model: CausalLMWithMemory, tokenizer, books: Iterable[Book], cfg: AdaptConfig,
                    batch_size: int = 1) -> Iterator[tuple[Book, list[dict]]]:
-    """Adapt to each book online, `batch_size` books at a time; yields (book, rows) as each finishes."""
-    by_id = {}
+    """Adapt to each book online, `batch_size` books at a time; yields (book, rows) as each finishes.
 
-    def documents():
-        for book in books:
-            by_id[book.book_id] = book
-            yield book_document(tokenizer, book, cfg)
-
-    for result in adapt_documents(model, documents(), cfg, batch_size):
+    A book that cannot be scored (too short) yields one `error` row at once and the others go on."""
+    by_id, documents = {}, []
+    for book in books:
+        try:
+            documents.append(book_document(tokenizer, book, cfg))
+        except LocasError as e:
+            yield book, [{"kind": "error", "task": "pg19", "method": cfg.method, "book_id": book.book_id,
+                          "error": str(e)}]
+            continue
+        by_id[book.book_id] = book
+    for result in adapt_documents(model, documents, cfg, batch_size):
         book = by_id.pop(result.doc.doc_id)
         yield book, book_rows(result, book, cfg)
 
