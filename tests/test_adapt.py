@@ -285,3 +285,22 @@ def test_chunked_nll_and_kl_equal_the_whole_computation(monkeypatch):
 def test_config_types_and_ranges_are_checked(bad):
     with pytest.raises(LocasError):
         AdaptConfig(**bad)
+
+
+def test_lora_adapter_trains_in_fp32_on_a_bf16_base(tiny_path):
+    from locas import CausalLMWithMemory
+
+    model = CausalLMWithMemory.from_pretrained(tiny_path, dtype=torch.bfloat16)
+    method = make_method(model, cfg(method="lora", lora_rank=4))
+    method.start(1)
+    try:
+        assert method.params and all(p.dtype == torch.float32 for p in method.params)
+        x = torch.randint(1, 512, (1, 16))
+        method.reset(0, x)
+        loss = model.compute_nll(x).mean()
+        loss.backward()
+        method.step(torch.tensor([0]))
+        assert torch.isfinite(loss) and all(p.dtype == torch.float32 for p in method.params)
+    finally:
+        method.finish()
+    assert not any("lora" in name for name, _ in model.model.named_modules())
