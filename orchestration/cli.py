@@ -78,7 +78,10 @@ def batch_size(args, task: str = "pg19") -> int:
 
 
 def model_spec(args) -> ModelSpec:
-    return ModelSpec(model=str(args.model), dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+    """A local checkpoint is recorded by its absolute path: Tune trials and actors run in other folders."""
+    local = Path(str(args.model)).expanduser()
+    model = str(local.resolve()) if local.exists() else str(args.model)
+    return ModelSpec(model=model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                      compile=args.compile)
 
 

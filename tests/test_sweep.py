@@ -233,18 +233,18 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_loca
     assert "use another --output" in capsys.readouterr().err
 
 
-def test_asha_and_failing_trials(ray_local, tiny_path, dev_books, tmp_path, capsys):
+def test_asha_and_a_too_wide_memory(ray_local, tiny_path, dev_books, tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(sweep_args(tiny_path, dev_books, out, "--grid", "memory_width=4,8,512", "--grid",
+    # a width larger than the MLP is refused before any trial runs
+    assert main(sweep_args(tiny_path, dev_books, out, "--grid", "memory_width=4,512")) == 2
+    assert "larger than the model's MLP" in capsys.readouterr().err and not out.exists()
+    assert main(sweep_args(tiny_path, dev_books, out, "--grid", "memory_width=4,8", "--grid",
                            "method=locas,none", "--asha")) == 0
     capsys.readouterr()
     df = pd.read_csv(out / "trials.csv")
-    assert len(df) == 4  # 3 widths for locas, one trial for none
-    failed = df[df["memory_width"] == 512]
-    assert list(failed["status"]) == ["error"] and "larger than the model's MLP" in failed["error"].iloc[0]
-    ok = df[df["memory_width"] != 512]
-    assert set(ok["status"]) <= {"completed", "stopped"} and (ok["status"] == "completed").any()
-    assert ok["ppl"].map(math.isfinite).all()
-    assert (ok.loc[ok["status"] == "stopped", "books_done"] < 3).all()
+    assert len(df) == 3  # 2 widths for locas, one trial for none
+    assert set(df["status"]) <= {"completed", "stopped"} and (df["status"] == "completed").any()
+    assert df["ppl"].map(math.isfinite).all()
+    assert (df.loc[df["status"] == "stopped", "books_done"] < 3).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["status"] == "completed" and summary["remaining"] == []
