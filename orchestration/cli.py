@@ -134,7 +134,8 @@ def start_ray(demo: bool) -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
-        ray.init(**({"num_cpus": 2, "include_dashboard": False} if demo else {}), log_to_driver=False)
+        demo_ray = {"address": "local", "num_cpus": 2, "include_dashboard": False}  # its own, even beside a cluster
+        ray.init(**(demo_ray if demo else {}), log_to_driver=False)
 
 
 def cli_main(main):
