@@ -1,41 +1,41 @@
-"""Read run stores (docs/design.md) into tidy pandas DataFrames.
-
-A run folder holds `manifest.json`, `rows.jsonl`, `ledger.jsonl` (and `summary.json`; a sweep adds
-`trials.csv`). Only the rows of ledgered units are kept: for a unit whose ledger line says it wrote n
-rows, the *last* n rows with its `unit_id` are its rows, so the partial rows of an earlier, unledgered
-attempt at the same unit are dropped. A torn last line (in rows or ledger) is skipped silently; an
-unreadable line elsewhere is skipped with a warning.
+"""Read run folders (docs/design.md) into tidy pandas DataFrames.
 
     from analysis.load import load_runs
     runs = load_runs("runs/pg19-none,runs/pg19-locas")   # or one folder, a list, or a parent folder
-    runs.windows, runs.books, runs.qa, runs.mmlu, runs.errors, runs.trials
+    runs                                                   # a short summary: runs, rows, errors
+    runs.windows, runs.books, runs.conversations, runs.qa, runs.mmlu, runs.errors, runs.trials
 
-Every frame is keyed by `run` (the folder's name), `method` and `config_id`, and carries the run's
-manifest config flattened into `cfg_*` columns. pandas only: no torch, no ray.
+Only the rows of ledgered units are read, by the same reader the run store resumes with
+(`analysis.rows`). Every frame is keyed by `run` (the folder's name), `method` and `config_id`, and
+carries the run's manifest config flattened into `cfg_*` columns. pandas only: no torch, no ray.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
-from collections import defaultdict, deque
+import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
+from analysis.rows import MANIFEST, ROWS, SUMMARY, iter_rows, read_json, read_manifest
+
 KEYS = ["run", "method", "config_id"]
+TRIALS = "trials.csv"
 
 # kind -> the frame it goes to and the columns it always has (beyond the keys), in design.md order.
 KINDS = {
-    "window": ("windows", ["book_id", "window", "start", "scored_tokens", "nll_sum", "train_loss", "seconds"]),
+    "window": ("windows", ["book_id", "window", "start", "scored_tokens", "nll_sum", "cuts", "train_loss", "seconds"]),
     "book": ("books", ["book_id", "title", "tokens", "scored_tokens", "nll_sum", "ppl", "seconds",
-                       "trainable_params", "error"]),
+                       "memorize_seconds", "trainable_params", "error"]),
+    "conversation": ("conversations", ["conversation_id", "tokens", "windows", "seconds", "trainable_params"]),
     "qa": ("qa", ["conversation_id", "question_id", "category", "question", "gold", "prediction", "f1",
                   "f1_adversarial_report", "seconds"]),
     "mmlu": ("mmlu", ["book_id", "variant", "subject", "question_id", "answer", "prediction", "correct"]),
-    "error": ("errors", ["task", "unit_id", "error", "attempts"]),
+    "error": ("errors", ["task", "unit_id", "error", "attempts", "traceback"]),
 }
 FRAMES = [frame for frame, _ in KINDS.values()]
 TRIAL_RESULTS = ["ppl", "books_done", "seconds", "status", "loads"]
@@ -47,6 +47,7 @@ class Runs:
 
     windows: pd.DataFrame
     books: pd.DataFrame
+    conversations: pd.DataFrame
     qa: pd.DataFrame
     mmlu: pd.DataFrame
     errors: pd.DataFrame
@@ -59,45 +60,14 @@ class Runs:
     def names(self) -> list[str]:
         return list(self.paths)
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The JSON lines of `path`, skipping a torn last line (and warning about bad lines elsewhere)."""
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                warnings.warn(f"{path}:{number}: unreadable line skipped", stacklevel=2)
-    return records
-
-
-def ledgered_rows(rows: list[dict], ledger: list[dict]) -> list[dict]:
-    """The rows of finished units: per ledgered unit, its last `rows` rows (all of them when unset)."""
-    counts = {}
-    for entry in ledger:  # the last ledger line of a unit wins
-        if "unit_id" in entry:
-            counts[entry["unit_id"]] = entry.get("rows")
-    kept: dict[str, deque] = defaultdict(deque)
-    for index, row in enumerate(rows):
-        unit = row.get("unit_id")
-        if unit in counts:
-            n = counts[unit]
-            kept[unit].append(index)
-            if n is not None and len(kept[unit]) > n:
-                kept[unit].popleft()
-    for unit, n in counts.items():
-        if n is not None and len(kept.get(unit, ())) < n:
-            warnings.warn(f"unit {unit}: ledger says {n} rows, the rows file has {len(kept.get(unit, ()))}",
-                          stacklevel=2)
-    return [rows[index] for index in sorted(i for indices in kept.values() for i in indices)]
+    def __repr__(self) -> str:
+        lines = [f"Runs: {len(self.paths)} run(s)"]
+        for name, path in self.paths.items():
+            manifest = self.manifests.get(name) or {}
+            counts = {frame: int((getattr(self, frame)["run"] == name).sum()) for frame in (*FRAMES, "trials")}
+            shown = ", ".join(f"{n} {frame}" for frame, n in counts.items() if n) or "no rows"
+            lines.append(f"  {name}: {manifest.get('task', '?')} ({path}): {shown}")
+        return "\n".join(lines)
 
 
 def flatten_config(config: dict) -> dict:
@@ -115,35 +85,24 @@ def _frame(records: list[dict], columns: list[str], run: str, manifest: dict) ->
         if column not in frame.columns:
             frame[column] = None
     frame.insert(0, "run", run)
-    if frame["config_id"].isna().all() and manifest.get("config_id"):
-        frame["config_id"] = manifest["config_id"]
-    for key, value in flatten_config(manifest.get("config", {})).items():
-        if key not in frame.columns:
-            frame[key] = value
+    settings = flatten_config(manifest.get("config", {}))
+    frame = frame.assign(**{k: v for k, v in settings.items() if k not in frame.columns})
     first = KEYS + [c for c in columns if c not in KEYS]
     return frame[first + [c for c in frame.columns if c not in first]]
 
 
 def read_trials(folder: Path, run: str, manifest: dict) -> pd.DataFrame:
-    """`trials.csv` of a sweep (config columns, ppl, books_done, seconds, status, loads), or an empty frame.
-
-    Ray Tune's `config/` prefix is dropped from column names."""
-    path = folder / "trials.csv"
+    """`trials.csv` of a sweep (config columns, ppl, books_done, seconds, status, loads), or an empty frame."""
+    path = folder / TRIALS
     if not path.exists():
         return pd.DataFrame(columns=KEYS + TRIAL_RESULTS)
     trials = pd.read_csv(path)
-    trials.columns = [c[len("config/"):] if c.startswith("config/") else c for c in trials.columns]
-    if "method" not in trials.columns:
-        trials["method"] = (manifest.get("config") or {}).get("method")
-    if "config_id" not in trials.columns:
-        trials["config_id"] = None
-    for column in TRIAL_RESULTS:
+    for column in ("method", "config_id", *TRIAL_RESULTS):
         if column not in trials.columns:
             trials[column] = None
     trials.insert(0, "run", run)
-    for key, value in flatten_config(manifest.get("config", {})).items():
-        if key not in trials.columns:
-            trials[key] = value
+    settings = flatten_config(manifest.get("config", {}))
+    trials = trials.assign(**{k: v for k, v in settings.items() if k not in trials.columns})
     return trials[KEYS + [c for c in trials.columns if c not in KEYS]]
 
 
@@ -151,39 +110,39 @@ def load_run(folder: str | Path, name: str | None = None) -> Runs:
     """One run folder as a `Runs` of tidy frames."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"run folder {folder} does not exist: pass the folder a run wrote (OUT)")
+        raise FileNotFoundError(f"run folder {folder} does not exist: pass the folder a run wrote (its --output)")
     run = name or folder.name
-    manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    summary_path = folder / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    rows = ledgered_rows(read_jsonl(folder / "rows.jsonl"), read_jsonl(folder / "ledger.jsonl"))
+    manifest = read_manifest(folder) or {}
+    summary = read_json(folder / SUMMARY) or {}
     by_kind: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
+    for row in iter_rows(folder):
         by_kind[row.get("kind")].append(row)
     frames = {frame: _frame(by_kind.get(kind, []), columns, run, manifest) for kind, (frame, columns) in KINDS.items()}
     return Runs(**frames, trials=read_trials(folder, run, manifest), manifests={run: manifest},
                 summaries={run: summary}, paths={run: folder})
 
 
-def _folders(spec: str | Path | Iterable[str | Path]) -> list[Path]:
+def _is_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (MANIFEST, ROWS, TRIALS))
+
+
+def _folders(spec: str | Path | Iterable[str | Path], base: Path) -> list[Path]:
     if isinstance(spec, (str, Path)):
         spec = [part.strip() for part in str(spec).split(",") if part.strip()]
     folders = []
     for item in spec:
-        folder = Path(item).expanduser()
-        is_run = any((folder / name).exists() for name in ("manifest.json", "rows.jsonl", "trials.csv"))
-        children = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() and not is_run else []
-        runs = [c for c in children if (c / "manifest.json").exists() or (c / "trials.csv").exists()]
-        folders.extend(runs or [folder])
+        folder = base / Path(item).expanduser()
+        children = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() and not _is_run(folder) else []
+        folders.extend([c for c in children if _is_run(c)] or [folder])
     return folders
 
 
-def load_runs(spec: str | Path | Iterable[str | Path]) -> Runs:
-    """Many runs: a folder, a comma-separated list of folders, a list, or a parent folder of runs.
+def load_runs(spec: str | Path | Iterable[str | Path], base: str | Path | None = None) -> Runs:
+    """Many runs: a folder, a comma-separated list of folders, a list, or a parent folder of runs (a study's
+    folder). Relative paths resolve against `base` (default: the current folder).
 
     Run names are the folder names (with the parent's name prepended when two folders share a name)."""
-    folders = _folders(spec)
+    folders = _folders(spec, Path(base) if base is not None else Path.cwd())
     if not folders:
         raise FileNotFoundError(f"no run folder in {spec!r}")
     names = [f.name for f in folders]
@@ -199,3 +158,9 @@ def load_runs(spec: str | Path | Iterable[str | Path]) -> Runs:
     return Runs(**merged, manifests={k: v for r in loaded for k, v in r.manifests.items()},
                 summaries={k: v for r in loaded for k, v in r.summaries.items()},
                 paths={k: v for r in loaded for k, v in r.paths.items()})
+
+
+def launch_folder() -> Path:
+    """The folder the user launched from: a Jupyter kernel runs in the notebook's folder but inherits the
+    launching shell's `PWD`, so `LOCAS_RUN=runs/x jupyter lab analysis/notebooks/pg19.ipynb` finds runs/x."""
+    return Path(os.environ.get("PWD") or os.getcwd())

@@ -20,7 +20,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.load import KEYS
-from analysis.tables import ADVERSARIAL_REPORT, CATEGORIES, _keys, _with_tokens, locomo_long
+from analysis.tables import (ADVERSARIAL_REPORT, BOOK, BUCKET_WIDTH, CATEGORIES, _keys, _pg19, book_tokens, completed,
+                             locomo_long, segments, sweep_table)
 
 
 def _save(figure: Figure, path: str | Path | None) -> Figure:
@@ -41,14 +42,18 @@ def _labels(frame: pd.DataFrame) -> pd.Series:
     return label
 
 
-def plot_ppl_by_position(windows: pd.DataFrame, books: pd.DataFrame | None = None, *, width: int = 25_000,
+def plot_ppl_by_position(data, books: pd.DataFrame | None = None, *, width: int = BUCKET_WIDTH,
                          reaching: int | None = None, path=None) -> Figure:
-    """Pooled PPL of the windows starting in each [k·width, (k+1)·width) of the books, per method,
-    against the bucket's middle (in K tokens). `reaching=N` keeps the books with >= N tokens, so every
-    point of a line averages the same books."""
-    windows = _with_tokens(windows, books)
+    """Pooled PPL of the scored tokens in each [k·width, (k+1)·width) of the completed books, per method,
+    against the bucket's middle (in K tokens); exact when `width` divides 50,000 (where rows are cut).
+    `reaching=N` keeps the books with >= N tokens, so every point of a line averages the same books."""
+    windows, books = _pg19(data, books)
+    windows, _ = completed(windows, books)
+    windows = windows.merge(book_tokens(windows, books).rename(columns={"tokens": "_book_tokens"}),
+                            on=KEYS + [BOOK], how="left")
     if reaching is not None:
         windows = windows[windows["_book_tokens"] >= reaching]
+    windows = segments(windows)
     windows = windows.assign(_label=_labels(windows), _bucket=windows["start"] // width)
     agg = windows.groupby(["_label", "_bucket"]).agg(nll=("nll_sum", "sum"), tokens=("scored_tokens", "sum")).reset_index()
     agg = agg[agg["tokens"] > 0]
@@ -65,9 +70,9 @@ def plot_ppl_by_position(windows: pd.DataFrame, books: pd.DataFrame | None = Non
     return _save(figure, path)
 
 
-def plot_locomo_f1(qa: pd.DataFrame, *, path=None) -> Figure:
+def plot_locomo_f1(data, *, path=None) -> Figure:
     """Grouped bars: F1 × 100 per LoCoMo category (and the report's adversarial rule), one bar per method."""
-    qa, _ = _keys(qa)
+    qa, _ = _keys(getattr(data, "qa", data))
     long = locomo_long(qa.assign(_label=_labels(qa)), by=["_label"])
     names = [n for n in [*CATEGORIES.values(), ADVERSARIAL_REPORT] if n in set(long["name"])]
     labels = sorted(long["_label"].unique())
@@ -86,10 +91,10 @@ def plot_locomo_f1(qa: pd.DataFrame, *, path=None) -> Figure:
     return _save(figure, path)
 
 
-def plot_sweep_heatmap(trials: pd.DataFrame, x: str, y: str, *, value: str = "ppl", agg: str = "min",
-                       path=None) -> Figure:
-    """`value` (aggregated by `agg` over the other config columns) for each (x, y) pair of a sweep."""
-    done = trials.dropna(subset=[value])
+def plot_sweep_heatmap(data, x: str, y: str, *, value: str = "ppl", agg: str = "min", path=None) -> Figure:
+    """`value` (aggregated by `agg` over the other config columns) for each (x, y) pair of a sweep's
+    completed trials (those ASHA stopped early are left out)."""
+    done = sweep_table(data, value)
     grid = done.pivot_table(index=y, columns=x, values=value, aggfunc=agg)
     figure = Figure(figsize=(1.2 * max(3, grid.shape[1]) + 2, 0.8 * max(3, grid.shape[0]) + 1.5))
     axes = figure.add_subplot()

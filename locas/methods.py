@@ -43,7 +43,7 @@ class NoAdaptation:
         return contextlib.nullcontext()
 
     def step(self, slots: torch.Tensor) -> None:
-        pass
+        """One optimizer step for `slots` (those whose loss had support in this window)."""
 
     def trainable_parameters(self) -> int:
         return 0
@@ -144,7 +144,8 @@ class TempLoRA(NoAdaptation):
             self.model.model.eval()
 
     def step(self, slots: torch.Tensor) -> None:
-        self.optimizer.step()
+        if len(slots):  # an empty `slots`: the loss had no support, so Adam's state and step count stay
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def trainable_parameters(self) -> int:

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from locas.config import MEMORY_INITS, ModelSpec
 from locas.errors import LocasError
 from locas.losses import over_positions
 from locas.memory import GATE, KEY, VALUE, check_memory, clip_rows, memory_branch
 
-MEMORY_INITS = ("highest", "lowest", "random_index", "random")
 _SILU_NAMES = ("silu", "swish")
 
 
@@ -271,25 +271,20 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask=None
 Qwen3ForCausalLMWithMemory = CausalLMWithMemory
 
 
-def load_for_worker(model_spec: dict) -> CausalLMWithMemory:
-    """Load the model a worker serves, with its tokenizer as `.tokenizer`.
-
-    model_spec: {model, dtype, device ("auto"|"cpu"|"cuda"), trust_remote_code, attn_implementation}."""
+def load_for_worker(spec: ModelSpec) -> CausalLMWithMemory:
+    """Load the model a worker serves, with its tokenizer as `.tokenizer`. `spec.device` is "cpu" or
+    "cuda" here (the worker resolves "auto")."""
     from transformers import AutoTokenizer
 
-    device = model_spec.get("device", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, model_spec.get("dtype", "float32"))
-    path = model_spec["model"]
-    if Path(str(path)).expanduser().exists():
+    dtype = getattr(torch, spec.dtype)
+    path = spec.model
+    if Path(path).expanduser().exists():
         path = str(Path(path).expanduser())
-    trust = model_spec.get("trust_remote_code", False)
-    attn = model_spec.get("attn_implementation") or default_attention(device, dtype)
-    model = CausalLMWithMemory.from_pretrained(path, dtype=dtype, device=device, trust_remote_code=trust,
-                                               attn_implementation=attn)
-    model.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-    if model_spec.get("compile"):
+    attn = spec.attn_implementation or default_attention(spec.device, dtype)
+    model = CausalLMWithMemory.from_pretrained(path, dtype=dtype, device=spec.device,
+                                               trust_remote_code=spec.trust_remote_code, attn_implementation=attn)
+    model.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    if spec.compile:
         model.model.compile(dynamic=False)
     return model
 

@@ -1,4 +1,4 @@
-"""Ray Tune sweep of Locas settings on PG-19's dev (validation) books; prints the best setting's test command.
+"""Ray Tune sweep of adaptation settings on PG-19's dev (validation) books; prints the best setting's test command.
 
     python orchestration/run_sweep.py --model Qwen/Qwen3-1.7B-Base --num_gpus 8 --max_books 10 \
         --max_tokens 50000 --window_size 2048 --grid memory_width=16,64 --grid memory_init=highest,random \
@@ -7,85 +7,75 @@
         --split validation --num_gpus 8 --output runs/sweep-example
     python orchestration/run_sweep.py --demo   # tiny model, built-in books, local Ray, CPU
 
-Sweepable: method, memory_width, memory_init, loss_function, lr, steps_per_window, window_size, lora_rank,
-lora_alpha (`--grid NAME=a,b`, `--sample NAME=uniform:LO:HI|loguniform:LO:HI|randint:LO:HI|choice:A,B`);
-every other setting is a fixed flag as in run_pg19.py. Rerunning the same command resumes: finished
-trials are skipped. The per-trial table is OUT/trials.csv.
+Sweepable: method, loss (--loss_function), memory_width, memory_init, lr, steps_per_window, window_size,
+lora_rank, lora_alpha (`--grid NAME=a,b`, `--sample NAME=uniform:LO:HI|loguniform:LO:HI|randint:LO:HI|
+lograndint:LO:HI|choice:A,B`, Tune's distributions: HI excluded for the integer ones); every other setting is
+a fixed flag as in run_pg19.py. Rerunning the same command resumes: finished trials are skipped. The
+per-trial table is OUT/trials.csv.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from dataclasses import dataclass
 
-from locas.data.pg19 import DEFAULT_DATASET, load_books
-from orchestration.cli import (adapt_config, batch_size, check_model, cli_main, model_spec, parse_run_args, parser,
-                               start_ray)
-from orchestration.sweep import expand_space, parse_space, refuse_test_split, run_sweep
+from locas.config import Settings, option
+from locas.data.pg19 import load_books, refuse_test_books
+from orchestration.cli import build_parser, check_model, cli_main, parse
+from orchestration.flags import add_flags, from_flags
+from orchestration.sweep.space import expand_space, parse_space
+from orchestration.tasks import TASKS, split_list
 
-SHOWN = ["trial", "method", "loss_function", "memory_width", "memory_init", "lr", "steps_per_window",
-         "window_size", "lora_rank", "ppl", "books_done", "seconds", "status", "worker_pid", "loads"]
-DEMO_GRID = ["memory_width=8,32", "memory_init=highest,random"]
-
-
-def build_parser():
-    p = parser(__doc__.splitlines()[0])
-    g = p.add_argument_group("sweep")
-    g.add_argument("--grid", action="append", default=[], metavar="NAME=a,b",
-                   help="grid values of one parameter (repeat the flag per parameter)")
-    g.add_argument("--sample", action="append", default=[], metavar="NAME=DIST:ARGS",
-                   help="a sampled parameter: uniform:LO:HI, loguniform:LO:HI, randint:LO:HI or choice:A,B")
-    g.add_argument("--space", default=None, metavar="FILE.yaml", help="grid:/sample:/num_samples:/seed: in YAML")
-    g.add_argument("--num_samples", type=int, default=None,
-                   help="draws of the sampled parameters per grid point (default 1, or the YAML's)")
-    g.add_argument("--sample_seed", type=int, default=None, help="seed of the sampler (default: --seed)")
-    g.add_argument("--gpus_per_trial", type=float, default=None, help="default 1 when --num_gpus > 0")
-    g.add_argument("--asha", action="store_true", help="stop bad settings early (ASHA on the running PPL)")
-    g.add_argument("--max_trials", type=int, default=None,
-                   help="run at most this many unfinished trials now (rerun for the rest)")
-    g = p.add_argument_group("dev set")
-    g.add_argument("--split", default="validation", help="hub dataset split (or a folder's split subfolder)")
-    g.add_argument("--max_books", type=int, default=None)
-    g.add_argument("--book_ids", default=None, help="comma-separated book ids")
-    g.add_argument("--max_tokens", type=int, default=None, help="truncate each book to this many tokens")
-    g.add_argument("--allow_test", action="store_true", help="allow sweeping on the test split (not advised)")
-    g.add_argument("--test_data", default=None,
-                   help="--data of the printed test command (default: the dev source when it has a test split, "
-                        f"else {DEFAULT_DATASET})")
-    return p
+SHOWN = ["trial", "method", "loss", "memory_width", "memory_init", "lr", "steps_per_window", "window_size",
+         "lora_rank", "ppl", "books_done", "seconds", "status", "worker_pid", "loads"]
+DEMO_GRID = ("memory_width=8,32", "memory_init=highest,random")
 
 
-def prepare_demo(args) -> None:
-    """run_pg19's demo inputs (tiny random Qwen3, built-in books, CPU) and, unless given, a 4-trial grid."""
-    from orchestration.run_pg19 import prepare_demo as prepare_pg19_demo
+@dataclass(frozen=True)
+class SweepOptions(Settings):
+    grid: tuple[str, ...] = option((), "grid values of one setting, NAME=a,b (repeat the flag per setting)")
+    sample: tuple[str, ...] = option((), "a sampled setting, NAME=DIST:ARGS (repeat the flag per setting)")
+    space: str | None = option(None, "a YAML space file with grid:, sample:, num_samples:, seed:")
+    num_samples: int | None = option(None, "draws of the sampled settings per grid point (default 1, or the YAML's)")
+    sample_seed: int | None = option(None, "seed of the sampler (default: --seed)")
+    gpus_per_trial: float | None = option(None, "GPUs per trial (default 1 when --num_gpus > 0)")
+    asha: bool = option(False, "stop bad settings early (ASHA on the running PPL)")
+    max_trials: int | None = option(None, "run at most this many unfinished trials now (rerun for the rest)")
+    allow_test: bool = option(False, "allow sweeping on PG-19's test books (not advised)")
+    test_data: str | None = option(None, "--data of the printed test command (default: the dev source when it "
+                                   "holds the test split, else emozilla/pg19)")
 
-    args.output = args.output or "runs/demo-sweep"
-    prepare_pg19_demo(args)
-    if not (args.grid or args.sample or args.space):
-        args.grid = list(DEMO_GRID)
+
+def _parser():
+    parser = build_parser(TASKS["pg19"], __doc__.splitlines()[0])
+    add_flags(parser, SweepOptions, "sweep")
+    parser.set_defaults(split="validation")
+    return parser
 
 
 @cli_main
 def main(argv=None):
-    args = parse_run_args(build_parser(), argv, prepare_demo)
-    space = parse_space(args.grid, args.sample, args.space, args.num_samples,
-                        args.sample_seed if args.sample_seed is not None else args.seed)
-    spec, base = model_spec(args), adapt_config(args)
-    configs = expand_space(space, base)
-    data = args.data or DEFAULT_DATASET
-    refuse_test_split(data, args.split, allow_test=args.allow_test)
-    widest = max(configs, key=lambda c: (c.method == "locas", c.memory_width))
-    check_model(spec, widest)
-    ids = args.book_ids.split(",") if args.book_ids else None
-    books = load_books(data, split=args.split, ids=ids, max_books=args.max_books)
-    refuse_test_split(data, args.split, [b.book_id for b in books], allow_test=args.allow_test)
-    print(f"sweep: {len(configs)} trials x {len(books)} books ({data}, split {args.split})")
+    from orchestration.cluster import start_ray
+    from orchestration.sweep.driver import run_sweep
 
+    plan = parse(TASKS["pg19"], argv, parser=_parser(), demo_task="sweep")
+    sweep = from_flags(plan.args, SweepOptions)
+    if plan.run.demo and not (sweep.grid or sweep.sample or sweep.space):
+        sweep = sweep.replace(grid=DEMO_GRID)
+    space = parse_space(sweep.grid, sweep.sample, sweep.space, sweep.num_samples,
+                        sweep.sample_seed if sweep.sample_seed is not None else plan.cfg.seed)
+    configs = expand_space(space, plan.cfg)
+    refuse_test_books(plan.options.data, plan.options.split, allow_test=sweep.allow_test)
+    check_model(plan.spec, max(configs, key=lambda c: (c.method == "locas", c.memory_width)))
+    books = load_books(plan.options.data, split=plan.options.split, ids=split_list(plan.options.book_ids),
+                       max_books=plan.options.max_books)
+    refuse_test_books(plan.options.data, plan.options.split, [b.book_id for b in books], allow_test=sweep.allow_test)
+    print(f"sweep: {len(configs)} trials x {len(books)} books ({plan.options.data}, split {plan.options.split})")
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: "rerun the same command", not Tuner.restore
-    start_ray(args.demo)
-    result = run_sweep(configs, spec, books, args.output, data=data, split=args.split, num_gpus=args.num_gpus,
-                       gpus_per_trial=args.gpus_per_trial, num_workers=args.num_workers, asha=args.asha,
-                       batch_size=batch_size(args), test_data=args.test_data, progress=not args.no_progress,
-                       max_trials=args.max_trials)
+    start_ray(plan.run.demo)
+    result = run_sweep(configs, plan.spec, books, plan.run.output, data=plan.options.data, split=plan.options.split,
+                       varied=tuple(space.params), num_gpus=plan.run.num_gpus, gpus_per_trial=sweep.gpus_per_trial,
+                       num_workers=plan.run.num_workers, asha=sweep.asha, batch_size=plan.run.batch_size,
+                       test_data=sweep.test_data, progress=not plan.run.no_progress, max_trials=sweep.max_trials)
     print(f"trials: {result.ran} ran now, {result.skipped} already finished"
           + (f", {len(result.remaining)} not finished yet: rerun the same command" if result.remaining else ""))
     if len(result.table):
@@ -95,7 +85,7 @@ def main(argv=None):
               f"{result.best_command}")
     else:
         print("best: no trial completed every book")
-    print(f"trials: {result.trials_csv}\nsummary: {Path(args.output) / 'summary.json'}")
+    print(f"trials: {result.trials_csv}\nsummary: {result.trials_csv.parent / 'summary.json'}")
 
 
 if __name__ == "__main__":

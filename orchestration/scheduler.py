@@ -1,14 +1,13 @@
 """The scheduler: a plain `ray.wait` loop that keeps every worker actor busy, longest units first.
 
-    counts = run_units(units, make_worker, store, num_workers=4, slots=1)
+    counts = Scheduler(make_worker, store, num_workers=4, slots=1).run(units)
 
 - Units already in the store's ledger are skipped (resume).
 - Each actor holds up to `slots` units. Units go out longest first (by `size`), `slots` at a time per
   actor, as one `run_units` call that the actor streams back (`num_returns="streaming"`): each unit's rows
   are appended to the store by the driver as soon as that unit finishes. An actor is refilled (with
   `slots` units again) once every unit of its call is back: the actor is single-threaded, so units sent
-  earlier could not join the running batch anyway, and a full call keeps batches whole. Longest-first
-  order puts units of similar size in one batch, which keeps the slots freed early in a batch few.
+  earlier could not join the running batch anyway.
 - A unit that raises inside the worker comes back as an error row (made by the worker); its ledger status
   is "failed" and the rest go on.
 - An actor that dies (process crash, OOM, node loss) is killed for good and replaced via `make_worker()`.
@@ -25,28 +24,12 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
-from locas.errors import LocasError
+from locas.errors import LocasError, error_row, one_line
+from orchestration.progress import Progress
 from orchestration.store import RunStore
-from orchestration.worker import error_row, one_line
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One item of work under one config; `payload` is what the worker's runner needs (JSON-able)."""
-
-    unit_id: str
-    task: str
-    item_id: str
-    size: int
-    payload: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if not isinstance(self.unit_id, str) or not self.unit_id:
-            raise LocasError(f"a unit needs a non-empty string unit_id, got {self.unit_id!r}")
-        if not isinstance(self.size, int) or self.size < 0:
-            raise LocasError(f"unit {self.unit_id}: size must be a non-negative int (tokens), got {self.size!r}")
+from orchestration.units import Unit, row_keys
 
 
 @dataclass
@@ -69,117 +52,44 @@ class _Actor:
     calls: list = field(default_factory=list)  # in submission order = execution order
 
 
-def _fmt_seconds(s: float) -> str:
-    if s != s or s == float("inf"):
-        return "?"
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+class Scheduler:
+    """Runs units on up to `num_workers` actors made by `make_worker()` (a Ray actor handle whose
+    `run_units(units, attempts)` streams (unit_id, rows)), writing each unit to `store` as it finishes.
 
-
-class _Progress:
-    """units done/total, tokens/s (sizes of units finished in this run / elapsed) and a token-based ETA."""
-
-    def __init__(self, total_units: int, total_tokens: int, enabled: bool, desc: str):
-        self.start = time.monotonic()
-        self.tokens_total = total_tokens
-        self.tokens_done = 0
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total_units, desc=desc, unit="unit", dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} units [{elapsed}{postfix}]")
-
-    def postfix(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.tokens_done / elapsed
-        eta = (self.tokens_total - self.tokens_done) / rate if rate > 0 else float("inf")
-        return f"{rate:,.0f} tok/s, ETA {_fmt_seconds(eta)}"
-
-    def advance(self, tokens: int) -> None:
-        self.tokens_done += tokens
-        if self.bar is not None:
-            self.bar.set_postfix_str(self.postfix(), refresh=False)
-            self.bar.update(1)
-
-    def tick(self) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(self.postfix())
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def run_units(units: Iterable[Unit], make_worker: Callable[[], object], store: RunStore, num_workers: int,
-              slots: int = 1, max_attempts: int = 2, progress: bool = True,
-              on_rows: Callable[[Unit, list, str], None] | None = None) -> dict:
-    """Run every unit not yet in `store` on up to `num_workers` actors made by `make_worker()`.
-
-    `make_worker()` returns a Ray actor handle whose `run_units(units, attempts)` is a generator of
-    (unit_id, rows) (e.g. `remote_worker_class(n).remote(spec, runners)`). `on_rows(unit, rows, status)`
-    is called by the driver after each unit is in the store. Returns counts: total, skipped, done, failed,
-    requeued (units retried after their actor died), worker_deaths (actors lost and replaced), tokens (sizes
-    of the units run now), seconds.
+    `progress` (a Progress, or None) advances per unit; `on_rows(unit, rows, status)` is called after a
+    unit is in the store. `run` returns counts: total, skipped, done, failed, requeued (units retried after
+    their actor died), worker_deaths (actors lost and replaced), seconds.
     """
-    import ray
-    from ray.exceptions import RayActorError, RayError, RayTaskError
 
-    units = list(units)
-    if num_workers < 1 or slots < 1 or max_attempts < 1:
-        raise LocasError(f"num_workers, slots and max_attempts must be >= 1 "
-                         f"(got {num_workers}, {slots}, {max_attempts})")
-    seen = set()
-    for u in units:
-        if u.unit_id in seen:
-            raise LocasError(f"unit {u.unit_id} is listed twice; unit ids must be unique")
-        seen.add(u.unit_id)
-    finished = store.finished()
-    todo = [u for u in units if u.unit_id not in finished]
-    counts = {"total": len(units), "skipped": len(units) - len(todo), "done": 0, "failed": 0,
-              "requeued": 0, "worker_deaths": 0, "tokens": 0, "seconds": 0.0}
-    if not todo:
-        return counts
+    def __init__(self, make_worker: Callable[[], object], store: RunStore, num_workers: int, slots: int = 1,
+                 max_attempts: int = 2, progress: Progress | None = None,
+                 on_rows: Callable[[Unit, list, str], None] | None = None):
+        if num_workers < 1 or slots < 1 or max_attempts < 1:
+            raise LocasError(f"num_workers, slots and max_attempts must be >= 1 "
+                             f"(got {num_workers}, {slots}, {max_attempts})")
+        self.make_worker, self.store, self.num_workers, self.slots = make_worker, store, num_workers, slots
+        self.max_attempts, self.progress, self.on_rows = max_attempts, progress, on_rows
+        self.pending: list = []  # heap of (-size, seq, job): longest first, then input order
+        self.order = itertools.count()
+        self.actors: list[_Actor] = []
+        self.by_gen: dict = {}  # generator → (actor, call)
+        self.created: list = []  # every handle made here, killed at the end
+        self.counts: dict = {}
+        self.remaining = 0
 
-    order = itertools.count()
-    pending: list = []  # heap of (-size, seq, job): longest first, then input order
+    # ---- queue and dispatch ---------------------------------------------------------------------------
+    def _push(self, job: _Job) -> None:
+        heapq.heappush(self.pending, (-job.unit.size, next(self.order), job))
 
-    def push(job: _Job) -> None:
-        heapq.heappush(pending, (-job.unit.size, next(order), job))
-
-    for u in todo:
-        push(_Job(u))
-    remaining = len(todo)
-    progress_bar = _Progress(len(todo), sum(u.size for u in todo), progress, desc=todo[0].task)
-    actors: list[_Actor] = []
-    by_gen: dict = {}  # generator → (actor, call)
-    created: list = []  # every handle made here, killed at the end
-    started = time.monotonic()
-
-    def record(unit: Unit, rows: list, status: str, attempt: int) -> None:
-        nonlocal remaining
-        try:
-            store.append(unit.unit_id, rows, status)
-        except LocasError as e:  # rows that are not JSON-able: keep the run going with an error row
-            status = "failed"
-            rows = [{**error_row(unit, one_line(e), attempt), "node": rows[0].get("node") if rows else None,
-                     "device": rows[0].get("device") if rows else None}]
-            store.append(unit.unit_id, rows, status)
-        counts["done" if status == "done" else "failed"] += 1
-        counts["tokens"] += unit.size
-        remaining -= 1
-        progress_bar.advance(unit.size)
-        if on_rows is not None:
-            on_rows(unit, rows, status)
-
-    def submit(actor: _Actor) -> None:
-        while actor.free > 0 and pending:
+    def _submit(self, actor: _Actor) -> None:
+        """Send the actor's free slots the longest waiting units, as calls of one batch each."""
+        while actor.free > 0 and self.pending:
             batch: list[_Job] = []
-            while len(batch) < actor.free and pending:
-                job = pending[0][2]
+            while len(batch) < actor.free and self.pending:
+                job = self.pending[0][2]
                 if job.solo and batch:
                     break
-                heapq.heappop(pending)
+                heapq.heappop(self.pending)
                 batch.append(job)
                 if job.solo:
                     break
@@ -188,100 +98,156 @@ def run_units(units: Iterable[Unit], make_worker: Callable[[], object], store: R
             call = _Call(gen, {j.unit.unit_id: j for j in batch})
             actor.calls.append(call)
             actor.free -= len(batch)
-            by_gen[gen] = (actor, call)
+            self.by_gen[gen] = (actor, call)
 
-    def add_actors() -> None:
+    def _add_actors(self) -> None:
         """Fill idle live actors, then start actors (up to num_workers) for what is left."""
-        for actor in actors:
-            if actor.free == slots:
-                submit(actor)
-        in_flight = sum(len(c.jobs) for a in actors for c in a.calls)
-        while len(actors) < min(num_workers, len(pending) + in_flight) and pending:
-            handle = make_worker()
-            created.append(handle)
-            actors.append(_Actor(handle, slots))
-            submit(actors[-1])
+        for actor in self.actors:
+            if actor.free == self.slots:
+                self._submit(actor)
+        in_flight = sum(len(c.jobs) for a in self.actors for c in a.calls)
+        while len(self.actors) < min(self.num_workers, len(self.pending) + in_flight) and self.pending:
+            handle = self.make_worker()
+            self.created.append(handle)
+            self.actors.append(_Actor(handle, self.slots))
+            self._submit(self.actors[-1])
 
-    def drop(actor: _Actor) -> None:
+    # ---- results ----------------------------------------------------------------------------------------
+    def _record(self, unit: Unit, rows: list, status: str, attempt: int) -> None:
+        try:
+            self.store.append(unit.unit_id, rows, status)
+        except LocasError as e:  # rows that are not JSON-able: keep the run going with an error row
+            status = "failed"
+            where = {"node": rows[0].get("node"), "device": rows[0].get("device")} if rows else {}
+            rows = [{**error_row(e, item_id=unit.item_id), "attempts": attempt, **row_keys(unit), **where}]
+            self.store.append(unit.unit_id, rows, status)
+        self.counts["done" if status == "done" else "failed"] += 1
+        self.remaining -= 1
+        if self.progress is not None:
+            self.progress.advance(unit, rows)
+        if self.on_rows is not None:
+            self.on_rows(unit, rows, status)
+
+    def _result(self, actor: _Actor, call: _Call, unit_id: str, rows: list) -> None:
+        job = call.jobs.pop(unit_id, None)
+        if job is None:
+            raise RuntimeError(f"worker returned unit {unit_id!r} it was not given")
+        status = "failed" if any(r.get("kind") == "error" for r in rows) else "done"
+        self._record(job.unit, rows, status, job.attempt)
+        actor.free += 1
+        if actor.free == self.slots:  # the whole call is back: refill it with a full batch
+            self._submit(actor)
+
+    # ---- deaths -----------------------------------------------------------------------------------------
+    def _drop(self, actor: _Actor) -> None:
+        import ray
+
         for call in actor.calls:
-            by_gen.pop(call.gen, None)
-        actors.remove(actor)
+            self.by_gen.pop(call.gen, None)
+        self.actors.remove(actor)
         try:
             ray.kill(actor.handle, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
 
-    def on_death(actor: _Actor, err: BaseException) -> None:
+    def _death(self, actor: _Actor, err: BaseException) -> None:
+        """An actor died: the units of its running call are charged an attempt and retried alone (or fail
+        for good after max_attempts); units queued behind it go back uncharged."""
         running = next((c for c in actor.calls if c.jobs), None)
         for call in actor.calls:
             for job in call.jobs.values():
                 if call is not running:
-                    push(job)  # had not started: back uncharged
-                elif job.attempt >= max_attempts:
+                    self._push(job)
+                elif job.attempt >= self.max_attempts:
                     why = f"worker died on all {job.attempt} attempts; last: {one_line(err, 300)}"
-                    record(job.unit, [{**error_row(job.unit, why, job.attempt), "node": None, "device": None}],
-                           "failed", job.attempt)
+                    row = {**error_row(why, item_id=job.unit.item_id), "attempts": job.attempt,
+                           **row_keys(job.unit), "node": None, "device": None}
+                    self._record(job.unit, [row], "failed", job.attempt)
                 else:
-                    counts["requeued"] += 1
-                    push(dataclasses.replace(job, attempt=job.attempt + 1, solo=True))
-        drop(actor)
-        counts["worker_deaths"] += 1
+                    self.counts["requeued"] += 1
+                    self._push(dataclasses.replace(job, attempt=job.attempt + 1, solo=True))
+        self._drop(actor)
+        self.counts["worker_deaths"] += 1
 
-    def fatal(err: BaseException) -> LocasError:
+    @staticmethod
+    def _fatal(err: BaseException) -> LocasError:
         cause = getattr(err, "cause", None) or err
         return LocasError(f"a worker failed outside any unit, stopping the run: {one_line(cause, 500)}")
 
-    try:
-        add_actors()
-        while remaining > 0:
-            gens = list(by_gen)
-            if not gens:
-                add_actors()
-                if not by_gen:
-                    raise RuntimeError("scheduler has units left but nothing running")  # a bug, not a user error
-                continue
-            ready, _ = ray.wait(gens, num_returns=1, timeout=1.0)
-            if not ready:
-                progress_bar.tick()
-                continue
-            gen = ready[0]
-            actor, call = by_gen[gen]
-            try:
-                ref = next(gen)
-            except StopIteration:
-                by_gen.pop(gen, None)
-                actor.calls.remove(call)
-                if call.jobs:  # the worker ended a call without returning some units: a worker bug
-                    raise RuntimeError(f"worker returned no result for {sorted(call.jobs)}")
-                continue
-            try:
-                unit_id, rows = ray.get(ref)
-            except RayActorError as e:
-                if e.actor_init_failed:
-                    raise fatal(e) from None
-                on_death(actor, e)
-                add_actors()
-                continue
-            except RayTaskError as e:
-                raise fatal(e) from None
-            except RayError as e:  # object or node lost: treat the actor as gone
-                on_death(actor, e)
-                add_actors()
-                continue
-            job = call.jobs.pop(unit_id, None)
-            if job is None:
-                raise RuntimeError(f"worker returned unit {unit_id!r} it was not given")
-            status = "failed" if any(r.get("kind") == "error" for r in rows) else "done"
-            record(job.unit, rows, status, job.attempt)
-            actor.free += 1
-            if actor.free == slots:  # the whole call is back: refill it with a full batch
-                submit(actor)
-    finally:
-        progress_bar.close()
-        for handle in created:
-            try:
-                ray.kill(handle, no_restart=True)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
-    counts["seconds"] = time.monotonic() - started
-    return counts
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def _step(self) -> None:
+        """Wait (at most a second) for one unit's rows, or a death, and handle it."""
+        import ray
+        from ray.exceptions import RayActorError, RayError, RayTaskError
+
+        ready, _ = ray.wait(list(self.by_gen), num_returns=1, timeout=1.0)
+        if not ready:
+            if self.progress is not None:
+                self.progress.tick()
+            return
+        actor, call = self.by_gen[ready[0]]
+        try:
+            ref = next(ready[0])
+        except StopIteration:
+            self.by_gen.pop(ready[0], None)
+            actor.calls.remove(call)
+            if call.jobs:  # the worker ended a call without returning some units: a worker bug
+                raise RuntimeError(f"worker returned no result for {sorted(call.jobs)}") from None
+            return
+        try:
+            unit_id, rows = ray.get(ref)
+        except RayActorError as e:
+            if e.actor_init_failed:
+                raise self._fatal(e) from None
+            self._death(actor, e)
+            self._add_actors()
+            return
+        except RayTaskError as e:
+            raise self._fatal(e) from None
+        except RayError as e:  # object or node lost: treat the actor as gone
+            self._death(actor, e)
+            self._add_actors()
+            return
+        self._result(actor, call, unit_id, rows)
+
+    def run(self, units: list[Unit]) -> dict:
+        """Run every unit not yet finished in the store; returns the counts."""
+        import ray
+
+        units = list(units)
+        seen = set()
+        for u in units:
+            if u.unit_id in seen:
+                raise LocasError(f"unit {u.unit_id} is listed twice; unit ids must be unique")
+            seen.add(u.unit_id)
+        finished = self.store.finished()
+        todo = [u for u in units if u.unit_id not in finished]
+        self.counts = {"total": len(units), "skipped": len(units) - len(todo), "done": 0, "failed": 0,
+                       "requeued": 0, "worker_deaths": 0, "seconds": 0.0}
+        if not todo:
+            return self.counts
+        for u in todo:
+            self._push(_Job(u))
+        self.remaining = len(todo)
+        if self.progress is not None:
+            self.progress.start(todo)
+        started = time.monotonic()
+        try:
+            self._add_actors()
+            while self.remaining > 0:
+                if not self.by_gen:
+                    self._add_actors()
+                    if not self.by_gen:
+                        raise RuntimeError("scheduler has units left but nothing running")  # a bug, not a user error
+                    continue
+                self._step()
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            for handle in self.created:
+                try:
+                    ray.kill(handle, no_restart=True)
+                except Exception:  # noqa: BLE001 - already dead
+                    pass
+        self.counts["seconds"] = time.monotonic() - started
+        return self.counts

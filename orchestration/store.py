@@ -1,22 +1,13 @@
-"""The run store: one folder per run, written by the driver alone, read by anyone.
+"""The run store: one folder per run, written by the driver alone, read by anyone (`analysis.rows` reads).
 
-```
-OUT/manifest.json   {"task", "config", "config_id", "code_version", "packages", "resources", "created", "resumes"}
-OUT/rows.jsonl      append-only, one JSON row per line
-OUT/ledger.jsonl    one line {"unit_id", "status": "done"|"failed", "rows": n} per finished unit, after its rows
-OUT/summary.json    the run's headline figures
-```
-
-Rules (see docs/design.md):
-- A unit is finished when its ledger line exists; a rerun skips it. Its rows are the last `n` rows carrying
-  its `unit_id` (n from the ledger), so partial rows left by a crash between the rows and the ledger line
-  are dropped on read, and the unit's rerun never duplicates a row.
-- A torn last line (a crash mid-write) is skipped on read and cut off when the store is reopened for
-  writing, so the next append starts on a fresh line.
+The format and the reading rules are in `analysis/rows.py` (docs/design.md). Writing:
+- A unit's rows are appended (flushed and fsynced), then its ledger line.
+- A torn last line (a crash mid-write) is cut off when the store is reopened for writing, so the next
+  append starts on a fresh line.
 - JSON only, never pickle. Rows must be JSON-able: plain numbers, strings, booleans, None, lists and
   dicts (numpy/torch scalars are converted with `.item()`). Non-finite floats (NaN, ±inf) are written as
   `null`: strict JSON has no NaN, and pandas reads null back as NaN. Anything else is refused with a
-  LocasError. A line that is not JSON (e.g. pickle bytes) anywhere but at the torn end is refused.
+  LocasError.
 """
 from __future__ import annotations
 
@@ -29,10 +20,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from analysis.rows import LEDGER, MANIFEST, ROWS, STATUSES, SUMMARY, iter_rows, parse_line, read_ledger, read_manifest
 from locas.errors import LocasError
 
-MANIFEST, ROWS, LEDGER, SUMMARY = "manifest.json", "rows.jsonl", "ledger.jsonl", "summary.json"
-STATUSES = ("done", "failed")
+TRACEBACKS = "tracebacks"
 PACKAGES = ("torch", "transformers", "peft", "ray", "datasets", "pandas", "locas")
 
 
@@ -65,45 +56,11 @@ def dumps_line(obj: Any, where: str = "row") -> bytes:
     return (json.dumps(to_json_value(obj, where), allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    """Yield the JSON objects of a .jsonl file; skip a torn last line, refuse any other bad line."""
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    torn = lines.pop()  # b"" when the file ends with a newline; else an unterminated (torn) line
-    for number, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        obj = _parse_line(raw)
-        if obj is None:
-            raise LocasError(f"{path} line {number} is not a JSON object: the file is corrupt or not a run store "
-                             "written by this code; move it away and rerun")
-        yield obj
-    if torn.strip():
-        obj = _parse_line(torn)
-        if obj is not None:  # a complete line that only lacks its newline
-            yield obj
-
-
-def _parse_line(raw: bytes) -> dict | None:
-    try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _no_constant(name: str):
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
 def _cut_torn_tail(path: Path) -> None:
     """End the file on a newline so the next append starts on a line of its own.
 
     An unterminated last line is cut off, unless it is a whole JSON object missing only its newline (readers
-    already trust that one, see _read_jsonl), which gets its newline.
+    already trust that one, see analysis.rows.read_jsonl), which gets its newline.
     """
     if not path.exists():
         return
@@ -129,7 +86,7 @@ def _cut_torn_tail(path: Path) -> None:
         else:
             cut = 0
         f.seek(cut)
-        if _parse_line(f.read()) is not None:
+        if parse_line(f.read()) is not None:
             f.write(b"\n")  # a whole line that only lacks its newline: readers trust it, so keep it
         else:
             f.truncate(cut)
@@ -154,59 +111,16 @@ def _append(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-# --------------------------------------------------------------------------- reading without the class
-
-def read_manifest(path: str | os.PathLike) -> dict | None:
-    """The manifest of the run store at `path`, or None when there is none."""
-    p = Path(path) / MANIFEST
-    if not p.exists():
-        return None
-    try:
-        obj = json.loads(p.read_bytes().decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise LocasError(f"{p} is not valid JSON ({e}); it is not a run store written by this code") from None
-    if not isinstance(obj, dict):
-        raise LocasError(f"{p} is not a JSON object; it is not a run store written by this code")
-    return obj
-
-
-def read_ledger(path: str | os.PathLike) -> dict[str, dict]:
-    """unit_id → its ledger entry {"unit_id", "status", "rows"} (the last entry wins)."""
-    ledger = {}
-    for entry in _read_jsonl(Path(path) / LEDGER):
-        uid, status, n = entry.get("unit_id"), entry.get("status"), entry.get("rows")
-        if not isinstance(uid, str) or status not in STATUSES or not isinstance(n, int) or n < 0:
-            raise LocasError(f"{Path(path) / LEDGER} has a malformed entry {entry!r}; it is not a run store "
-                             "written by this code")
-        ledger[uid] = entry
-    return ledger
-
-
-def iter_rows(path: str | os.PathLike) -> Iterator[dict]:
-    """Rows of ledgered units, in file order: for each unit, the last `n` rows with its unit_id."""
-    path = Path(path)
-    ledger = read_ledger(path)
-    if not ledger:
-        return
-    counts: dict[str, int] = {}
-    for row in _read_jsonl(path / ROWS):
-        uid = row.get("unit_id")
-        if uid in ledger:
-            counts[uid] = counts.get(uid, 0) + 1
-    seen: dict[str, int] = {}
-    for row in _read_jsonl(path / ROWS):
-        uid = row.get("unit_id")
-        if uid not in ledger:
-            continue
-        i = seen.get(uid, 0)
-        seen[uid] = i + 1
-        if i >= counts[uid] - ledger[uid]["rows"]:
-            yield row
-
-
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """All trusted rows of the run store at `path` (see iter_rows); [] when there is none."""
-    return list(iter_rows(path))
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """`--flag: old -> new` for every setting that differs between two run configs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 # --------------------------------------------------------------------------- provenance
@@ -261,8 +175,11 @@ class RunStore:
     def ledger_path(self) -> Path:
         return self.path / LEDGER
 
-    def open(self, task: str, config: dict, config_id: str, resources: dict | None = None) -> "RunStore":
-        """Create the store, or resume it when it holds the same task and config_id; refuse anything else."""
+    def open(self, task: str, config: dict, run_id: str, resources: dict | None = None,
+             retry_failed: bool = False) -> "RunStore":
+        """Create the store, or resume it when it holds the same task and run_id; refuse anything else.
+        With `retry_failed`, units ledgered as failed count as unfinished: a rerun runs them again (their new
+        rows and ledger line supersede the old)."""
         if self.path.exists() and not self.path.is_dir():
             raise LocasError(f"output {self.path} is a file, not a folder; choose another --output")
         old = read_manifest(self.path)
@@ -270,10 +187,11 @@ class RunStore:
             raise LocasError(f"{self.path} holds rows but no {MANIFEST}; it is not a run store this code can "
                              "resume: choose another --output or move it away")
         if old is not None:
-            if old.get("config_id") != config_id or old.get("task") != task:
-                raise LocasError(
-                    f"{self.path} holds a run of {old.get('task')} config {old.get('config_id')}, not "
-                    f"{task} config {config_id}: use another --output folder (or delete that one) to start a new run")
+            if old.get("run_id") != run_id or old.get("task") != task:
+                changed = "; ".join(_differences({**(old.get("config") or {}), "task": old.get("task")},
+                                                 {**config, "task": task})) or f"run id {old.get('run_id')}"
+                raise LocasError(f"{self.path} holds another run ({changed}): use another --output folder (or "
+                                 "delete that one) to start a new run")
             _cut_torn_tail(self.rows_path)
             _cut_torn_tail(self.ledger_path)
             old.setdefault("resumes", []).append(
@@ -284,7 +202,7 @@ class RunStore:
             self.manifest = {
                 "task": task,
                 "config": config,
-                "config_id": config_id,
+                "run_id": run_id,
                 "code_version": code_version(),
                 "packages": package_versions(),
                 "resources": resources or {},
@@ -292,13 +210,14 @@ class RunStore:
                 "resumes": [],
             }
         _write_json_atomic(self.path / MANIFEST, self.manifest, "config")
-        self._finished = set(read_ledger(self.path))
+        self._finished = {uid for uid, entry in read_ledger(self.path).items()
+                          if not (retry_failed and entry["status"] == "failed")}
         return self
 
     def finished(self) -> set[str]:
-        """Unit ids with a ledger line (done or failed): a rerun skips them."""
+        """Unit ids a rerun skips: those with a ledger line (but the failed ones, with retry_failed)."""
         if self._finished is None:
-            return set(read_ledger(self.path))
+            raise RuntimeError("RunStore.open(...) must be called before finished")
         return set(self._finished)
 
     def append(self, unit_id: str, rows: list[dict], status: str = "done") -> None:
@@ -315,18 +234,25 @@ class RunStore:
                 raise LocasError(f"unit {unit_id}: row {i} is a {type(row).__name__}, not a dict")
             if row.get("unit_id", unit_id) != unit_id:
                 raise LocasError(f"unit {unit_id}: row {i} carries unit_id {row['unit_id']!r}")
+            if row.get("traceback"):
+                row = {**row, "traceback": self._keep_traceback(unit_id, row["traceback"])}
             lines.append(dumps_line({**row, "unit_id": unit_id}, f"unit {unit_id} row {i}"))
         if lines:
             _append(self.rows_path, b"".join(lines))
         _append(self.ledger_path, dumps_line({"unit_id": unit_id, "status": status, "rows": len(lines)}))
         self._finished.add(unit_id)
 
+    def _keep_traceback(self, unit_id: str, text: str) -> str:
+        """Write a failed unit's full traceback to OUT/tracebacks/ (its error row keeps one line and this
+        file's path, relative to OUT)."""
+        name = Path(TRACEBACKS) / ("".join(c if c.isalnum() or c in "-_." else "_" for c in unit_id) + ".txt")
+        (self.path / TRACEBACKS).mkdir(exist_ok=True)
+        (self.path / name).write_text(str(text), encoding="utf-8")
+        return str(name)
+
     def rows(self) -> Iterator[dict]:
         """Rows of ledgered units only (torn last lines and rows of unledgered units dropped)."""
         return iter_rows(self.path)
-
-    def ledger(self) -> dict[str, dict]:
-        return read_ledger(self.path)
 
     def update_manifest(self, **fields) -> None:
         """Add run-level facts learnt while running (e.g. the workers' nodes and devices) to the manifest."""

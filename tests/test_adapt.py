@@ -1,5 +1,6 @@
 """The online loop (SPEC §4-6) against independent re-computations on tiny random models."""
 import math
+import time
 
 import pytest
 import torch
@@ -121,8 +122,9 @@ def test_method_defaults():
         AdaptConfig.from_dict({"memory_widht": 4})
 
 
-def _memory_after_each_window(model, doc, c):
-    """Snapshots of the memory after every window (a probe on the optimizer step)."""
+def _memory_after_each_window(model, doc, c, counts=None):
+    """Snapshots of the memory (and of the slot's Adam step count) after every window: a probe on the
+    optimizer step."""
     method = make_method(model, c)
     adapter = Adapter(model, method, c)
     snapshots = []
@@ -131,6 +133,8 @@ def _memory_after_each_window(model, doc, c):
     def recording_step(slots):
         step(slots)
         snapshots.append(method.memory.detach().clone())
+        if counts is not None:
+            counts.append(int(method.optimizer.step_count[0]))
 
     method.step = recording_step
     result = next(adapter.run([doc]))
@@ -142,10 +146,12 @@ def test_sd_has_no_gradient_without_extra_teacher_context_and_some_with_it(tiny_
     doc = book_document(tokenizer, book(), c)
     first = doc.windows[0]
     initial = tiny_model.memorize(doc.tokens[first.start:first.end][None], keep_top=8)
-    result, snapshots = _memory_after_each_window(tiny_model, doc, c)
+    counts = []
+    result, snapshots = _memory_after_each_window(tiny_model, doc, c, counts)
     assert result.error is None
     assert torch.equal(snapshots[0], initial)  # window 0: the teacher reads nothing more than the student
     assert not torch.equal(snapshots[1], snapshots[0])  # window 1: the teacher reads window 0 too
+    assert counts[:3] == [0, 1, 2]  # no support, no step: window 1's update is Adam's first (bias-corrected)
 
     ids = doc.tokens[:48][None]
     memory = initial.clone().requires_grad_(True)
@@ -167,8 +173,39 @@ def test_grpo_step_is_finite_and_trains_and_equal_rewards_change_nothing(tiny_mo
     monkeypatch.setattr(losses, "token_f1", lambda prediction, reference: 0.5)
     first = doc.windows[0]
     initial = tiny_model.memorize(doc.tokens[first.start:first.end][None], keep_top=8)
-    _, snapshots = _memory_after_each_window(tiny_model, doc, c)
-    assert all(torch.equal(s, initial) for s in snapshots)
+    counts = []
+    _, snapshots = _memory_after_each_window(tiny_model, doc, c, counts)
+    assert all(torch.equal(s, initial) for s in snapshots) and set(counts) == {0}
+
+
+def test_grpo_samples_at_temperature_1_without_truncation(tiny_model, tokenizer, monkeypatch):
+    seen = []
+    generate = tiny_model.model.generate
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("do_sample", "temperature", "top_k", "top_p")})
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.model, "generate", spy)
+    c = cfg(loss="GRPO", grpo_length=4, grpo_group=2)
+    next(Adapter(tiny_model, make_method(tiny_model, c), c).run([book_document(tokenizer, book(words=30), c)]))
+    assert seen and all(s == {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} for s in seen)
+
+
+def test_lora_takes_no_step_where_sd_has_no_support(tiny_model, tokenizer):
+    c = cfg(method="lora", loss="SD", lora_rank=4, lr=1e-2, steps_per_window=1)
+    method = make_method(tiny_model, c)
+    steps = []
+    original = method.step
+
+    def recording_step(slots):
+        original(slots)
+        steps.append(sum(int(state["step"]) for state in method.optimizer.state.values()) // len(method.params))
+
+    method.step = recording_step
+    doc = book_document(tokenizer, book(words=120), c)
+    next(Adapter(tiny_model, method, c).run([doc]))
+    assert steps[:3] == [0, 1, 2]
 
 
 def test_second_book_under_lora_starts_from_the_base(tiny_model, tokenizer):
@@ -208,6 +245,59 @@ def test_batched_documents_equal_one_at_a_time(tiny_model, tokenizer):
     for book_id in single:
         assert [r["nll_sum"] for r in batched[book_id]] == pytest.approx([r["nll_sum"] for r in single[book_id]],
                                                                          rel=1e-4)
+
+
+def test_book_seconds_are_shares_of_the_batched_steps(tiny_model, tokenizer):
+    """Accelerator time, not wall time: three books adapted together cost the steps once, not three times."""
+    books = [book(i, words=200) for i in range(3)]
+    started = time.perf_counter()
+    results = [rows for _, rows in run_pg19_books(tiny_model, tokenizer, books, cfg(), batch_size=3)]
+    wall = time.perf_counter() - started
+    for rows in results:
+        windows, summary = rows[:-1], rows[-1]
+        assert summary["seconds"] == pytest.approx(summary["memorize_seconds"] + sum(w["seconds"] for w in windows))
+    total = sum(rows[-1]["seconds"] for rows in results)
+    assert 0.3 * wall < total <= wall
+
+
+def test_a_tokenizer_that_adds_a_bos_starts_the_book_with_it_unscored(tiny_model, tokenizer):
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    from locas.tasks.pg19 import adds_bos, book_tokens
+
+    llama_style = copy.deepcopy(tokenizer)
+    llama_style.bos_token = "<|endoftext|>"
+    llama_style.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)])
+    assert adds_bos(llama_style) and not adds_bos(tokenizer)
+    b = book(words=80)
+    ids = book_tokens(llama_style, b)
+    assert ids[0] == 0 and ids[1:].tolist() == book_tokens(tokenizer, b).tolist()
+    rows = run_pg19_book(tiny_model, llama_style, b, cfg())
+    assert rows[0]["start"] == 1 and rows[-1]["scored_tokens"] == len(ids) - 1  # the text's tokens, all scored
+
+
+def test_window_rows_keep_their_nll_split_at_every_50k(tiny_model, tokenizer, monkeypatch):
+    """The cut a window carries is the sum of its tokens' NLL before the cut (here every 100 positions)."""
+    import locas.tasks.pg19 as pg19_task
+
+    monkeypatch.setattr(pg19_task, "CUT_EVERY", 100)
+    c = cfg(method="none")
+    doc = book_document(tokenizer, book(words=150), c)
+    rows = run_pg19_book(tiny_model, tokenizer, book(words=150), c)[:-1]
+    straddling = [r for r in rows if r["cuts"]]
+    assert len(straddling) >= 3
+    for r in rows:
+        end = r["start"] + r["scored_tokens"]
+        assert [cut[0] for cut in r["cuts"]] == [n for n in range(100, end, 100) if r["start"] < n]
+    for r in straddling:
+        w = doc.windows[r["window"]]
+        with torch.no_grad():  # by hand: the window's own forward, its scored tokens before the cut
+            nll = tiny_model.compute_nll(doc.tokens[w.start:w.end][None])[0]
+        for position, before in r["cuts"]:
+            assert before == pytest.approx(nll[w.scored_from - w.start - 1:position - w.start - 1].sum().item(), rel=1e-4)
 
 
 def test_slot_adamw_matches_torch_adamw_per_slot():

@@ -9,14 +9,15 @@ import pytest
 
 from analysis import plots, tables
 from analysis.load import load_run, load_runs
+from analysis.rows import StoreError
 
 # --- a small run store, written exactly as docs/design.md says -----------------------------------------
 
 
-def write_run(folder, task, config, config_id, rows, *, tail="", ledger_tail="", trials=None):
+def write_run(folder, task, config, run_id, rows, *, tail="", ledger_tail="", trials=None):
     """manifest.json, rows.jsonl (rows in order), ledger.jsonl (one line per unit after its rows)."""
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = {"task": task, "config": config, "config_id": config_id, "code_version": "test",
+    manifest = {"task": task, "config": config, "run_id": run_id, "code_version": "test",
                 "packages": {"pandas": pd.__version__}, "resources": {"gpus": 1}, "created": "2026-01-01T00:00:00"}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     units = {}
@@ -42,20 +43,27 @@ def common(task, item, method, config_id, kind):
             "method": method, "node": "n0", "device": "cuda:0"}
 
 
-def pg19_rows(method, config_id, book_id, windows, *, seconds=1.0, trainable_params=0, title=None):
+def cuts(start, scored, per_token, every=50_000):
+    """What the task writes: the window's NLL before each multiple of 50K inside its scored positions."""
+    first = (start // every + 1) * every
+    return [[n, per_token * (n - start)] for n in range(first, start + scored, every)]
+
+
+def pg19_rows(method, config_id, book_id, windows, *, seconds=1.0, trainable_params=0, title=None, error=None):
     """windows: [(start, scored_tokens, nll per token)] -> window rows and the book row."""
     rows = []
     for index, (start, scored, per_token) in enumerate(windows):
         rows.append({**common("pg19", book_id, method, config_id, "window"), "book_id": book_id, "window": index,
                      "start": start, "scored_tokens": scored, "nll_sum": per_token * scored,
-                     "train_loss": None if method == "none" else per_token, "seconds": seconds})
+                     "cuts": cuts(start, scored, per_token), "train_loss": None if method == "none" else per_token,
+                     "seconds": seconds})
     tokens = windows[-1][0] + windows[-1][1]
     nll = sum(s * p for _, s, p in windows)
     scored = sum(s for _, s, _ in windows)
     rows.append({**common("pg19", book_id, method, config_id, "book"), "book_id": book_id,
                  "title": title or book_id, "tokens": tokens, "scored_tokens": scored, "nll_sum": nll,
                  "ppl": math.exp(nll / scored), "seconds": seconds * len(windows),
-                 "trainable_params": trainable_params, "error": None})
+                 "trainable_params": trainable_params, "error": error})
     return rows
 
 
@@ -69,7 +77,8 @@ def grid(tokens, window, per_token):
     return out
 
 
-# Book a: 130K tokens, 5 windows; book b: 70K tokens, 2 windows (starts, scored, nll/token), by hand.
+# Book a: 130K tokens, 5 windows; book b: 70K tokens, 2 windows (starts, scored, nll/token), by hand. The
+# windows at 30K (a and b: 35K) straddle 50K and a's at 90K straddles 100K: they carry cuts there.
 BOOK_A = [(1, 29_999, 3.0), (30_000, 30_000, 2.9), (60_000, 30_000, 2.8), (90_000, 30_000, 2.7), (120_000, 10_000, 2.6)]
 BOOK_B = [(1, 34_999, 3.2), (35_000, 35_000, 3.1)]
 
@@ -110,62 +119,71 @@ def test_load_keeps_ledgered_units_and_skips_torn_lines(tmp_path):
     assert {"run", "method", "config_id", "category", "f1"} <= set(run.qa.columns)
 
 
-def test_load_warns_on_a_bad_line_in_the_middle(tmp_path):
+def test_load_refuses_a_bad_line_in_the_middle_as_the_store_does(tmp_path):
     folder = write_run(tmp_path / "r", "pg19", {}, "c1", pg19_rows("none", "c1", "a", BOOK_A))
     lines = (folder / "rows.jsonl").read_text().splitlines()
     (folder / "rows.jsonl").write_text("\n".join(lines[:2] + ["{oops"] + lines[2:]) + "\n")
-    with pytest.warns(UserWarning, match="unreadable line"):
-        run = load_run(folder)
-    assert len(run.windows) == len(BOOK_A)
+    with pytest.raises(StoreError, match="rows.jsonl line 3 is not a JSON object"):
+        load_run(folder)
 
 
 def test_load_many_runs_and_trials(tmp_path):
     write_run(tmp_path / "all" / "x", "pg19", {"method": "none"}, "c0", pg19_rows("none", "c0", "a", BOOK_A))
     write_run(tmp_path / "all" / "y", "pg19", {"method": "locas"}, "c1", pg19_rows("locas", "c1", "a", BOOK_A))
-    trials = pd.DataFrame({"config/keep_top": [32, 64], "config/memory_init": ["highest", "random"],
-                           "ppl": [20.0, 21.0], "books_done": [2, 2], "seconds": [5.0, 6.0],
-                           "status": ["TERMINATED"] * 2, "loads": [1, 1]})
+    trials = sweep_trials([(32, "highest", 20.0, "completed"), (64, "random", 21.0, "completed"),
+                           (128, "highest", 19.0, "stopped")])
     write_run(tmp_path / "all" / "z", "pg19", {"method": "locas"}, "c2", [], trials=trials)
     listed = load_runs(f"{tmp_path / 'all' / 'x'}, {tmp_path / 'all' / 'y'}")
     assert listed.names == ["x", "y"] and sorted(listed.windows["method"].unique()) == ["locas", "none"]
     parent = load_runs(tmp_path / "all")
     assert parent.names == ["x", "y", "z"]
-    assert list(parent.trials["keep_top"]) == [32, 64] and set(parent.trials["method"]) == {"locas"}
-    assert tables.sweep_config_columns(parent.trials) == ["keep_top", "memory_init"]
-    assert list(tables.sweep_table(parent.trials)["rank"]) == [1, 2]
+    assert list(parent.trials["memory_width"]) == [32, 64, 128] and set(parent.trials["method"]) == {"locas"}
+    assert tables.sweep_config_columns(parent.trials) == ["loss", "memory_width", "memory_init", "lr",
+                                                          "steps_per_window", "window_size", "lora_rank", "lora_alpha"]
+    ranked = tables.sweep_table(parent)  # ASHA's early stop is not a result: only completed trials rank
+    assert list(ranked["rank"]) == [1, 2] and list(ranked["memory_width"]) == [32, 64]
+    assert tables.best_trial(parent)["trial"] == "t32-highest"
+    assert "Runs: 3 run(s)" in repr(parent) and "5 windows" in repr(parent) and "3 trials" in repr(parent)
 
 
-def test_analysis_never_imports_torch_or_ray():
-    import subprocess
+def sweep_trials(trials):
+    """A sweep's trials.csv as the sweep driver writes it (orchestration/sweep/driver.py TABLE_COLUMNS)."""
+    from orchestration.sweep.driver import TABLE_COLUMNS
 
-    code = ("import sys, analysis.load, analysis.tables, analysis.plots; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray'}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    rows = [{"trial": f"t{width}-{init}", "method": "locas", "loss": "NTP", "memory_width": width, "memory_init": init,
+             "lr": 4e-3, "steps_per_window": 1, "window_size": 2048, "lora_rank": 64, "lora_alpha": 64, "ppl": ppl,
+             "books_done": 2 if status == "completed" else 1, "books_total": 2, "seconds": 5.0, "status": status,
+             "worker_pid": 1, "loads": 1, "node": "n0", "error": None} for width, init, ppl, status in trials]
+    frame = pd.DataFrame(rows)
+    assert list(frame.columns) == TABLE_COLUMNS
+    return frame
 
 
 # --- PG-19 aggregates against hand computations ---------------------------------------------------------
 
 
-def test_ppl_at_n_buckets_and_templora_by_hand(hand):
+def test_ppl_at_n_is_exact_at_n_and_pools_all_books_or_the_ones_reaching_n(hand):
     windows, books = hand
-    table = tables.pg19_table(windows, books, ns=(50_000, 100_000, 150_000))
-    row = table.iloc[0]
-    # PPL@50K: windows starting before 50K are a's first two and both of b's
-    nll_50 = 3.0 * 29_999 + 2.9 * 30_000 + 3.2 * 34_999 + 3.1 * 35_000
-    assert row["ppl@50000"] == pytest.approx(math.exp(nll_50 / (29_999 + 30_000 + 34_999 + 35_000)))
-    assert row["books@50000"] == 2 and row["reach@50000"] == 2
-    # bucket [50K, 100K): a's windows at 60K and 90K only
-    assert row["bucket@100000"] == pytest.approx(math.exp((2.8 + 2.7) / 2))
-    assert row["bucket_books@100000"] == 1 and row["reach@100000"] == 1
-    # PPL@100K adds them; the window at 120K is left for 150K
-    nll_100 = nll_50 + 2.8 * 30_000 + 2.7 * 30_000
-    assert row["ppl@100000"] == pytest.approx(math.exp(nll_100 / (129_998 + 60_000)))
-    whole = nll_100 + 2.6 * 10_000
+    row = tables.pg19_table(windows, books, ns=(50_000, 100_000, 150_000)).iloc[0]
+    # PPL@50K: the scored tokens 1..49,999 of each book; a's window at 30K and b's at 35K split at 50K
+    a_50, b_50 = 3.0 * 29_999 + 2.9 * 20_000, 3.2 * 34_999 + 3.1 * 15_000
+    assert row["ppl@50000"] == pytest.approx(math.exp((a_50 + b_50) / (2 * 49_999)))
+    assert row["ppl@50000_reaching"] == pytest.approx(row["ppl@50000"]) and row["reach@50000"] == 2
+    assert row["mean_book_ppl@50000"] == pytest.approx((math.exp(a_50 / 49_999) + math.exp(b_50 / 49_999)) / 2)
+    # bucket [50K, 100K): a's tokens 50,000..99,999 (three windows' parts), b's 50,000..69,999
+    a_bucket = 2.9 * 10_000 + 2.8 * 30_000 + 2.7 * 10_000
+    assert row["bucket@100000"] == pytest.approx(math.exp((a_bucket + 3.1 * 20_000) / 70_000))
+    assert row["bucket_books@100000"] == 2
+    # PPL@100K: a's first 99,999 scored tokens and all of b (shorter than N); reaching: a alone
+    a_100 = a_50 + a_bucket
+    b_all = 3.2 * 34_999 + 3.1 * 35_000
+    assert row["ppl@100000"] == pytest.approx(math.exp((a_100 + b_all) / (99_999 + 69_999)))
+    assert row["ppl@100000_reaching"] == pytest.approx(math.exp(a_100 / 99_999)) and row["reach@100000"] == 1
+    whole = a_100 + 2.7 * 20_000 + 2.6 * 10_000 + b_all
     assert row["ppl"] == pytest.approx(math.exp(whole / 199_998)) == pytest.approx(row["ppl@150000"])
-    assert row["bucket@150000"] == pytest.approx(math.exp(2.6))
-    assert row["books"] == 2 and row["reach@150000"] == 0
-    # TempLoRA-style: Σ scored · exp(nll/scored) / Σ scored over the windows starting before N
+    assert row["reach@150000"] == 0 and np.isnan(row["ppl@150000_reaching"])
+    assert row["books"] == 2 and row["tokens"] == 199_998 and row["stopped"] == 0
+    # TempLoRA-style: Σ scored · exp(nll/scored) / Σ scored over the whole windows starting before N
     weighted = [(29_999, 3.0), (30_000, 2.9), (34_999, 3.2), (35_000, 3.1)]
     expected = sum(s * math.exp(p) for s, p in weighted) / sum(s for s, _ in weighted)
     assert row["templora_ppl@50000"] == pytest.approx(expected)
@@ -174,42 +192,64 @@ def test_ppl_at_n_buckets_and_templora_by_hand(hand):
     assert row["templora_ppl"] > row["ppl"]                      # Jensen
 
 
-def test_reaching_only_keeps_the_books_that_reach_n(hand):
+def test_a_window_straddling_n_without_a_cut_is_refused(hand):
     windows, books = hand
-    row = tables.pg19_table(windows, books, ns=(50_000, 100_000), reaching_only=True).iloc[0]
-    a_100 = 3.0 * 29_999 + 2.9 * 30_000 + 2.8 * 30_000 + 2.7 * 30_000
-    assert row["ppl@100000"] == pytest.approx(math.exp(a_100 / 119_999)) and row["books@100000"] == 1
-    assert row["books@50000"] == 2                                # both books have >= 50K tokens
-    view = tables.pg19_view(tables.pg19_table(windows, books, ns=(50_000, 100_000)), "ppl", ns=(50_000, 100_000))
-    assert list(view.columns) == ["run", "method", "config_id", "50K", "100K", "book", "n@50K", "n@100K", "n@book"]
+    with pytest.raises(ValueError, match="PPL@50000 is not exact"):
+        tables.pg19_table(windows.assign(cuts=[[]] * len(windows)), books, ns=(50_000,))
+    with pytest.raises(ValueError, match="multiple of 50,000"):
+        tables.pg19_table(windows, books, ns=(60_000,))
+
+
+def test_the_run_summary_is_the_table_of_every_book(hand):
+    windows, books = hand
+    summary = tables.pg19_summary(windows, books, ns=(50_000, 100_000))
+    row = tables.pg19_table(windows, books, ns=(50_000, 100_000), by=[]).iloc[0]
+    assert summary["ppl@100000_reaching"] == pytest.approx(row["ppl@100000_reaching"])
+    assert (summary["books"], summary["reach@100000"], summary["tokens"]) == (2, 1, 199_998)
+    assert json.loads(json.dumps(summary)) == summary
+    view = tables.pg19_view(tables.pg19_table(windows, books, ns=(50_000, 100_000)), "ppl_reaching",
+                            ns=(50_000, 100_000))
+    assert list(view.columns) == ["run", "method", "config_id", "50K", "100K", "n@50K", "n@100K"]
+
+
+def test_stopped_books_and_missing_nll_are_left_out_and_counted(hand):
+    windows, books = hand
+    rows = pg19_rows("locas", "c1", "c", BOOK_B, error="non-finite loss at window 1: the document was stopped")
+    stopped_w, stopped_b = frame(rows, "window"), frame(rows, "book")
+    row = tables.pg19_table(pd.concat([windows, stopped_w]), pd.concat([books, stopped_b])).iloc[0]
+    clean = tables.pg19_table(windows, books).iloc[0]
+    assert row["ppl"] == pytest.approx(clean["ppl"]) and (row["books"], row["stopped"]) == (2, 1)
+    damaged = windows.copy()
+    damaged.loc[damaged["book_id"] == "b", "nll_sum"] = [np.nan, 10.0]
+    with pytest.warns(UserWarning, match="without an NLL"):
+        row = tables.pg19_table(damaged, books).iloc[0]
+    assert (row["books"], row["stopped"]) == (1, 1)  # b is not summed as if its window scored nothing
+    only_a = tables.pg19_table(windows[windows["book_id"] == "a"], books[books["book_id"] == "a"]).iloc[0]
+    assert row["ppl"] == pytest.approx(only_a["ppl"])
+
+
+def test_tables_take_what_load_runs_returns(tmp_path, hand):
+    write_run(tmp_path / "x", "pg19", {}, "c1", pg19_rows("locas", "c1", "a", BOOK_A) + pg19_rows("locas", "c1", "b", BOOK_B))
+    runs = load_runs(tmp_path / "x")
+    windows, books = hand
+    assert tables.pg19_table(runs)["ppl"].iloc[0] == pytest.approx(tables.pg19_table(windows, books)["ppl"].iloc[0])
+    assert len(tables.book_ppl(runs)) == 2 and len(tables.cost_table(runs)) == 1
+
+
+def test_relative_run_paths_resolve_from_a_given_folder(tmp_path, monkeypatch):
+    write_run(tmp_path / "runs" / "x", "pg19", {}, "c1", pg19_rows("locas", "c1", "a", BOOK_A))
+    monkeypatch.chdir(tmp_path / "runs")
+    assert load_runs("x").names == ["x"]
+    assert load_runs("runs/x", base=tmp_path).names == ["x"]
 
 
 def test_book_tokens_come_from_book_rows_else_windows(hand):
     windows, books = hand
     assert tables.book_tokens(windows).set_index("book_id")["tokens"].to_dict() == {"a": 130_000, "b": 70_000}
-    longer = books.assign(tokens=[250_000, 70_000])              # e.g. a book stopped early with an error
+    longer = books.assign(tokens=[250_000, 70_000])
     per_book = tables.book_ppl(windows, longer).set_index("book_id")
     assert per_book.loc["a", "reaches@200000"] and not per_book.loc["b", "reaches@100000"]
-
-
-def test_aggregates_agree_with_locas_metrics(hand):
-    metrics = pytest.importorskip("locas.metrics")
-    windows, books = hand
-    per_book = tables.book_ppl(windows, books).set_index("book_id")
-    for book_id, rows in windows.groupby("book_id"):
-        expected = metrics.book_summary(rows.to_dict("records"))
-        for key, value in expected.items():
-            if value is None:
-                assert pd.isna(per_book.loc[book_id, key]), key
-            else:
-                assert per_book.loc[book_id, key] == pytest.approx(value), key
-    pooled = tables.pg19_table(windows, books).iloc[0]
-    records = windows.to_dict("records")
-    for n in metrics.PPL_AT:
-        for ours, theirs in ((f"ppl@{n}", metrics.ppl_at(records, n)), (f"bucket@{n}", metrics.bucket_ppl(records, n)),
-                             (f"templora_ppl@{n}", metrics.templora_ppl(records, n))):
-            assert (pd.isna(pooled[ours]) if theirs is None else pooled[ours] == pytest.approx(theirs)), ours
-    assert pooled["templora_ppl"] == pytest.approx(metrics.templora_ppl(records))
+    assert per_book.loc["b", "ppl@50000"] == pytest.approx(math.exp((3.2 * 34_999 + 3.1 * 15_000) / 49_999))
 
 
 # --- deltas and the bootstrap ------------------------------------------------------------------------------
@@ -242,7 +282,7 @@ def test_delta_table_pairs_books_with_the_same_window_grid():
     assert list(paired["book_id"]) == ["a"] and list(paired["baseline_config_id"]) == ["c0"]
     assert paired["log_ratio"].iloc[0] == pytest.approx(-0.1)
     table = tables.delta_table(windows, ns=(100_000, None), n_boot=200).set_index("n")
-    a_100 = np.array([29_999, 30_000, 30_000, 30_000])
+    a_100 = np.array([29_999, 30_000, 30_000, 10_000])  # exactly the first 100K tokens: the last window cut
     base_100 = math.exp((a_100 * [3.0, 2.9, 2.8, 2.7]).sum() / a_100.sum())
     assert table.loc[100_000, "ppl_base"] == pytest.approx(base_100)
     assert table.loc[100_000, "delta"] == pytest.approx(base_100 * (math.exp(-0.1) - 1))
@@ -250,11 +290,36 @@ def test_delta_table_pairs_books_with_the_same_window_grid():
     assert np.isnan(table.loc[100_000, "ci_low"])                  # one book: no interval
 
 
+def test_comparisons_join_only_comparable_runs_and_the_baseline_can_be_named(tmp_path):
+    settings = {"model": {"model": "m", "dtype": "bfloat16"}, "options": {"data": "d", "split": "test"},
+                "adapt": {"max_tokens": None, "window_size": 30_000, "overlap": 1}}
+    other = {**settings, "adapt": {**settings["adapt"], "window_size": 20_000}}
+    write_run(tmp_path / "none-a", "pg19", settings, "r0", pg19_rows("none", "c0", "a", BOOK_A))
+    write_run(tmp_path / "none-b", "pg19", settings, "r1", pg19_rows("none", "c3", "a", BOOK_A))
+    write_run(tmp_path / "none-w", "pg19", other, "r2", pg19_rows("none", "c4", "a", BOOK_A))
+    write_run(tmp_path / "locas", "pg19", settings, "r3",
+              pg19_rows("locas", "c1", "a", [(s, n, p - 0.1) for s, n, p in BOOK_A]))
+    write_run(tmp_path / "locas-w", "pg19", other, "r4",
+              pg19_rows("locas", "c2", "a", [(s, n, p - 0.1) for s, n, p in BOOK_A]))
+    runs = load_runs(tmp_path)
+    with pytest.warns(UserWarning, match="several comparable baselines"):
+        paired = tables.book_deltas(runs)
+    # each locas run is paired with a none run of its own settings (never across window sizes)
+    assert dict(zip(paired["run"], paired["baseline_run"])) == {"locas": "none-a", "locas-w": "none-w"}
+    with pytest.warns(UserWarning, match="for locas in locas-w"):  # none-b has other windows
+        named = tables.book_deltas(runs, baseline_run="none-b")
+    assert list(named["run"]) == ["locas"] and list(named["baseline_run"]) == ["none-b"]
+    lonely = load_runs([tmp_path / "none-w", tmp_path / "locas"])
+    with pytest.warns(UserWarning, match="no comparable baseline .* for locas in locas"):
+        assert tables.book_deltas(lonely).empty
+
+
 def test_cost_table_by_hand():
     rows = (pg19_rows("none", "c0", "a", BOOK_A, seconds=2.0) + pg19_rows("none", "c0", "b", BOOK_B, seconds=2.0)
             + pg19_rows("locas", "c1", "a", BOOK_A, seconds=3.0, trainable_params=11_000)
             + pg19_rows("locas", "c1", "b", BOOK_B, seconds=5.0, trainable_params=11_000))
     table = tables.cost_table(frame(rows, "book"), frame(rows, "window")).set_index("method")
+    assert table.loc["locas", "gpu_s_per_1k_tokens"] == pytest.approx(25 / 199_998 * 1000)
     assert table.loc["none", "gpu_seconds"] == 2.0 * 7 and table.loc["locas", "gpu_seconds"] == 3.0 * 5 + 5.0 * 2
     assert table.loc["none", "trainable_params"] == 0 and table.loc["locas", "trainable_params"] == 11_000
     assert table.loc["locas", "time_vs_none"] == pytest.approx(25 / 14)
@@ -285,10 +350,8 @@ def test_locomo_f1_per_category_by_hand():
     for name, value in expected.items():
         assert row[name] == pytest.approx(value), name
     assert row["questions"] == len(QA)
-    metrics = pytest.importorskip("locas.metrics")
-    assert metrics.category_means(records) == pytest.approx(
-        {c: row[n] for c, n in tables.CATEGORIES.items()})
-    assert metrics.category_means(records, "f1_adversarial_report") == pytest.approx({5: -40.0})
+    summary = tables.locomo_summary(qa)
+    assert summary["f1_multi_hop"] == pytest.approx(75.0) and summary["f1_adversarial_report"] == pytest.approx(-40.0)
 
 
 def mmlu_rows(method, config_id, variant, book_id, answers):
@@ -312,10 +375,9 @@ def test_mmlu_micro_macro_and_agreement_by_hand():
     split = pd.concat([frame(rows[:4], "mmlu").assign(run="base"), frame(rows[4:], "mmlu").assign(run="adapted")])
     elsewhere = tables.mmlu_table(split).set_index("method").loc["locas"]
     assert elsewhere["base_micro"] == pytest.approx(50.0) and elsewhere["run"] == "adapted"
-    metrics = pytest.importorskip("locas.metrics")
-    memory = metrics.mmlu_accuracy([r for r in rows if r["variant"] == "memory"])
-    assert row["memory_micro"] == pytest.approx(100 * memory["micro"])
-    assert row["memory_macro"] == pytest.approx(100 * memory["macro"])
+    summary = tables.mmlu_summary(frame(rows, "mmlu"))
+    assert summary["memory_micro"] == pytest.approx(50.0) and summary["agreement"] == pytest.approx(75.0)
+    assert summary["base_macro"] == pytest.approx((200 / 3 + 0) / 2) and summary["questions"] == 4
 
 
 # --- plots ------------------------------------------------------------------------------------------------------
@@ -327,7 +389,7 @@ def test_plots_return_figures_and_save_png(tmp_path, hand):
     assert figure.axes and (tmp_path / "ppl.png").read_bytes()[:4] == b"\x89PNG"
     plots.plot_locomo_f1(frame(qa_rows("locas", "c1", QA) + qa_rows("none", "c0", QA[::-1]), "qa"),
                          path=tmp_path / "f1.png")
-    trials = pd.DataFrame({"memory_width": [32, 32, 64, 64], "memory_init": ["highest", "random"] * 2,
-                           "ppl": [20.0, 22.0, 19.5, np.nan]})
+    trials = sweep_trials([(32, "highest", 20.0, "completed"), (32, "random", 22.0, "completed"),
+                           (64, "highest", 19.5, "completed"), (64, "random", 18.0, "stopped")])
     heat = plots.plot_sweep_heatmap(trials, "memory_width", "memory_init", path=tmp_path / "heat.png")
     assert heat.axes and (tmp_path / "f1.png").exists() and (tmp_path / "heat.png").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_analysis import QA, grid, mmlu_rows, pg19_rows, qa_rows, write_run
+from test_analysis import QA, grid, mmlu_rows, pg19_rows, qa_rows, sweep_trials, write_run
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -30,7 +30,8 @@ def pg19_stores(root: Path) -> list[Path]:
                               trainable_params=params)
         rows += [{"kind": "error", "task": "pg19", "unit_id": f"pg19:broken:{config_id}", "config_id": config_id,
                   "method": method, "node": "n0", "device": "cuda:0", "error": "book is empty", "attempts": 1}]
-        config = {"task": "pg19", "method": method, "window_size": 20_000, "overlap": 1}
+        config = {"task": "pg19", "model": {"model": "tiny", "dtype": "float32"}, "options": {"data": "books"},
+                  "adapt": {"method": method, "window_size": 20_000, "overlap": 1, "max_tokens": None}}
         folders.append(write_run(root / f"pg19-{method}", "pg19", config, config_id, rows))
     answers = [(subject, f"{subject}-{q}", (3 * q + len(subject)) % 4) for subject in ("algebra", "law") for q in range(5)]
     rows = mmlu_rows("none", "m0", "base", None, answers)
@@ -53,23 +54,22 @@ def locomo_stores(root: Path) -> list[Path]:
 
 
 def sweep_store(root: Path) -> Path:
-    rows = [{"keep_top": width, "memory_init": init, "lr": 4e-3, "ppl": 20 - width / 64 + (init == "random"),
-             "books_done": 2, "seconds": 10.0, "status": "TERMINATED", "loads": 1}
-            for width in (16, 32, 64) for init in ("highest", "lowest", "random")]
-    rows.append({"keep_top": 128, "memory_init": "highest", "lr": 4e-3, "ppl": None, "books_done": 0,
-                 "seconds": 1.0, "status": "ERROR", "loads": 1})
-    return write_run(root / "sweep", "pg19", {"task": "pg19", "method": "locas"}, "s0", [],
-                     trials=pd.DataFrame(rows))
+    trials = sweep_trials([(width, init, 20 - width / 64 + (init == "random"), "completed")
+                           for width in (16, 32, 64) for init in ("highest", "lowest", "random")]
+                          + [(128, "highest", 25.0, "stopped")])
+    return write_run(root / "sweep", "pg19-sweep", {"task": "pg19-sweep"}, "s0", [], trials=trials)
 
 
-def execute(name: str, runs: list[Path], monkeypatch) -> nbformat.NotebookNode:
-    """Run a committed notebook with LOCAS_RUN set; any failing cell raises CellExecutionError."""
+def execute(name: str, runs: list[Path], launched_in: Path, monkeypatch) -> nbformat.NotebookNode:
+    """Run a committed notebook as Jupyter does (in the notebook's folder) after `LOCAS_RUN=<relative paths>
+    jupyter lab ...` in `launched_in`; any failing cell raises CellExecutionError."""
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code"), "commit without outputs"
     assert "LOCAS_RUN" in book.cells[0].source
-    monkeypatch.setenv("LOCAS_RUN", ",".join(str(r) for r in runs))
+    monkeypatch.setenv("LOCAS_RUN", ",".join(str(r.relative_to(launched_in)) for r in runs))
+    monkeypatch.setenv("PWD", str(launched_in))
     client = nbclient.NotebookClient(book, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(REPO)}})
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()
     return book
 
@@ -78,17 +78,29 @@ def images(book) -> int:
     return sum("image/png" in output.get("data", {}) for cell in book.cells for output in cell.get("outputs", []))
 
 
-def test_notebooks_run_on_small_stores(tmp_path, monkeypatch):
-    pg19 = pg19_stores(tmp_path)
-    book = execute("pg19", pg19, monkeypatch)
+def test_notebooks_run_on_small_stores_named_by_relative_paths(tmp_path, monkeypatch):
+    pg19 = pg19_stores(tmp_path / "runs")
+    book = execute("pg19", pg19, tmp_path, monkeypatch)
     assert (pg19[0] / "pg19_ppl_by_position.png").exists() and images(book) >= 1
     text = "".join(str(o.get("data", {}).get("text/plain", "")) for c in book.cells for o in c.get("outputs", []))
-    assert "memory_micro" in text and "time_vs_none" in text
+    assert "memory_micro" in text and "time_vs_none" in text and "Runs: 4 run(s)" in text
 
-    locomo = locomo_stores(tmp_path)
-    book = execute("locomo", locomo, monkeypatch)
+    locomo = locomo_stores(tmp_path / "runs")
+    book = execute("locomo", locomo, tmp_path, monkeypatch)
     assert (locomo[0] / "locomo_f1.png").exists() and images(book) >= 1
 
-    sweep = sweep_store(tmp_path)
-    book = execute("sweeps", [sweep], monkeypatch)
-    assert (sweep / "sweep_keep_top_x_memory_init.png").exists() and images(book) >= 1
+    sweep = sweep_store(tmp_path / "runs")
+    book = execute("sweeps", [sweep], tmp_path, monkeypatch)
+    assert (sweep / "sweep_memory_width_x_memory_init.png").exists() and images(book) >= 1
+
+
+def test_the_builder_reproduces_the_committed_notebooks(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build", NOTEBOOKS / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    monkeypatch.setattr(build, "HERE", tmp_path)
+    build.main()
+    for name in ("pg19", "locomo", "sweeps"):
+        assert (tmp_path / f"{name}.ipynb").read_text() == (NOTEBOOKS / f"{name}.ipynb").read_text(), name

@@ -104,36 +104,49 @@ def test_missing_folder_subject_and_empty_file(tmp_path):
         load_mmlu(tmp_path)
 
 
-def test_dataset_rows_become_questions(monkeypatch):
-    import datasets
+def cais_layout(root, questions: dict[str, list[dict]]):
+    """A local copy of cais/mmlu: per config `{config}/{split}-00000-of-00001.parquet` and the dataset card's
+    configs, as on the hub. `all/auxiliary_train` (~100K questions there) is not even parquet here: loading
+    a split must never read it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    calls = []
+    card = ["---", "configs:"]
+    for config, rows in questions.items():
+        (root / config).mkdir(parents=True)
+        card += [f"- config_name: {config}", "  data_files:"]
+        for split in ("test", "validation", "dev"):
+            table = pa.table({key: [r[key] for r in rows] for key in ("question", "subject", "choices", "answer")})
+            pq.write_table(table, root / config / f"{split}-00000-of-00001.parquet")
+            card += [f"  - split: {split}", f"    path: {config}/{split}-*"]
+        if config == "all":
+            (root / config / "auxiliary_train-00000-of-00001.parquet").write_bytes(b"never read")
+            card += ["  - split: auxiliary_train", "    path: all/auxiliary_train-*"]
+    (root / "README.md").write_text("\n".join(card + ["---", ""]))
+    return root
 
-    def fake_load_dataset(path, name=None, split=None):
-        calls.append((path, name, split))
-        return [
-            {"question": "q0", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 0},
+
+def test_a_local_copy_of_the_hub_dataset_loads_the_split_alone(tmp_path):
+    rows = [{"question": "q0", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 0},
             {"question": "q1", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 3},
-            {"question": "q2", "subject": "virology", "choices": ["a", "b", "c", "d"], "answer": 1},
-        ]
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    questions = load_mmlu(split="validation")
-    assert calls == [("cais/mmlu", "all", "validation")]
+            {"question": "q2", "subject": "virology", "choices": ["a", "b", "c", "d"], "answer": 1}]
+    hub = cais_layout(tmp_path / "mmlu", {"all": rows, "anatomy": rows[:2]})
+    questions = load_mmlu(hub, split="validation")
     assert [(q.question_id, q.answer) for q in questions] == [
         ("anatomy:validation:0", 0),
         ("anatomy:validation:1", 3),
         ("virology:validation:0", 1),
     ]
+    assert [q.question for q in load_mmlu(hub, subjects=["anatomy"], split="dev")] == ["q0", "q1"]
 
 
 def test_dataset_that_cannot_load(monkeypatch):
     import datasets
 
-    def unreachable(path, name=None, split=None):
+    def unreachable(path, name=None, **kwargs):
         raise ConnectionError(f"Couldn't reach '{path}' on the Hub (OfflineModeIsEnabled)\nmore detail")
 
-    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(datasets, "load_dataset_builder", unreachable)
     with pytest.raises(LocasError) as error:
         load_mmlu(subjects=["anatomy"])
     assert str(error.value).startswith("cannot load dataset cais/mmlu (anatomy) split 'test': Couldn't reach")

@@ -23,7 +23,9 @@ def test_real_folder_with_titles_from_the_parent_metadata(real_books):
     assert [book.book_id for book in books] == sorted(book.book_id for book in books)
     first = {book.book_id: book for book in books}["10146"]
     assert first.title == "Reminiscences of Pioneer Days in St. Paul by Frank Moore"
-    assert first.text.encode("utf-8") == (real_books / "10146.txt").read_bytes()  # CRLF kept
+    raw = (real_books / "10146.txt").read_bytes()
+    assert b"\r\n" in raw and "\r" not in first.text  # the official files' CRLF, as the HF builder reads them
+    assert first.text == raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def test_real_folder_selection_keeps_the_order_of_ids(real_books):
@@ -80,33 +82,61 @@ def test_bad_folders_and_books(tmp_path):
         load_books(folder, ids=["1"])
 
 
-def test_dataset_rows_become_books(monkeypatch):
-    import datasets
+def hub_layout(root: Path, splits: dict[str, list[dict]], broken_train: bool = True) -> Path:
+    """A local copy of a hub PG-19 dataset (e.g. emozilla/pg19): data/{split}-00000-of-00001.parquet with the
+    builder's fields. A train split that is not parquet at all shows whether loading a split reads it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    rows = datasets.Dataset.from_dict(
-        {
-            "short_book_title": ["Alpha", "Beta", "Gamma"],
-            "publication_date": [1900, 1901, 1902],
-            "url": ["http://www.gutenberg.org/ebooks/101", "", "http://www.gutenberg.org/ebooks/303"],
-            "text": ["a", "b", "c"],
-        }
-    )
-    calls = []
+    (root / "data").mkdir(parents=True)
+    for split, rows in splits.items():
+        table = pa.table({key: [row[key] for row in rows] for key in ("short_book_title", "publication_date",
+                                                                        "url", "text")})
+        pq.write_table(table, root / "data" / f"{split}-00000-of-00001.parquet")
+    if broken_train:
+        (root / "data" / "train-00000-of-00001.parquet").write_bytes(b"the 28,602-book train split: never read")
+    return root
 
-    def fake_load_dataset(path, name=None, split=None):
-        calls.append((path, split))
-        return rows
 
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    assert load_books(split="validation") == [
-        Book("101", "Alpha", "a"),  # the Gutenberg number of the url
-        Book("1", "Beta", "b"),  # no url: the row index
-        Book("303", "Gamma", "c"),
-    ]
-    assert calls == [("emozilla/pg19", "validation")]
-    assert load_books("someone/pg19", ids=["303", "1"]) == [Book("303", "Gamma", "c"), Book("1", "Beta", "b")]
-    with pytest.raises(LocasError, match="dataset 'someone/pg19' split 'test': book 9 not found"):
-        load_books("someone/pg19", ids=["9"])
+def row(book_id, text, title="A Book"):
+    return {"short_book_title": title, "publication_date": 1900, "url": f"http://www.gutenberg.org/ebooks/{book_id}",
+            "text": text}
+
+
+CRLF_BOOK = "CHAPTER I\r\n\r\nThe old ship sailed.\r\nA lone carriage return\rends here.\r\n"
+
+
+def test_a_crlf_folder_book_and_the_hub_copy_give_the_same_tokens_and_rows(tmp_path, tiny_model, tiny_path):
+    from transformers import AutoTokenizer
+
+    from locas.config import AdaptConfig
+    from locas.tasks.pg19 import book_tokens, run_pg19_book
+
+    folder = tmp_path / "official"
+    folder.mkdir()
+    (folder / "7.txt").write_bytes((CRLF_BOOK * 30).encode("utf-8"))
+    (folder / "metadata.csv").write_text("7,A Book,1900,http://www.gutenberg.org/ebooks/7\n")
+    hub_text = (CRLF_BOOK * 30).replace("\r\n", "\n").replace("\r", "\n")  # what the HF builder yields
+    hub = hub_layout(tmp_path / "hub", {"validation": [row(3, "other")], "test": [row(7, hub_text)]})
+    (from_folder,), (from_hub,) = load_books(folder), load_books(hub, split="test")
+    assert from_folder.text == from_hub.text == hub_text and from_hub.book_id == "7"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    assert book_tokens(tokenizer, from_folder).tolist() == book_tokens(tokenizer, from_hub).tolist()
+    cfg = AdaptConfig(window_size=64, memory_width=8)
+
+    def untimed(book):  # every figure of every row, but how long it took
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in run_pg19_book(tiny_model, tokenizer, book, cfg)]
+
+    assert untimed(from_folder) == untimed(from_hub)
+
+
+def test_a_split_loads_alone_with_a_progress_bar(tmp_path, capfd):
+    hub = hub_layout(tmp_path / "hub", {"validation": [row(1, "one"), row(2, "two")], "test": [row(3, "three")]})
+    assert [b.book_id for b in load_books(hub, split="validation")] == ["1", "2"]
+    assert "Generating validation split" in capfd.readouterr().err
+    assert [(b.book_id, b.title, b.text) for b in load_books(hub, split="test")] == [("3", "A Book", "three")]
+    with pytest.raises(LocasError, match="no split 'dev'"):
+        load_books(hub, split="dev")
 
 
 def test_missing_dataset_offline_is_one_clear_line(monkeypatch):

@@ -6,19 +6,23 @@ import time
 
 import pytest
 
+from analysis.rows import read_ledger, read_rows
+from locas.config import ModelSpec
 from locas.errors import LocasError
-from orchestration.scheduler import Unit, run_units
-from orchestration.store import RunStore, read_ledger, read_rows
+from orchestration.progress import Progress
+from orchestration.scheduler import Scheduler
+from orchestration.store import RunStore
+from orchestration.units import Unit
 from orchestration.worker import remote_worker_class
 
 
 def fake_loader(spec):
-    if spec["model"] == "missing":
+    if spec.model == "missing":
         raise OSError("model path missing does not exist")
-    return {"name": spec["model"]}
+    return {"name": spec.model}
 
 
-def fake(model, unit):
+def fake_one(model, unit):
     """Behaviour chosen by the payload: log the run, then maybe raise or kill the actor, else one row."""
     p = unit.payload
     with open(p["log"], "a") as f:
@@ -33,14 +37,13 @@ def fake(model, unit):
     time.sleep(p.get("sleep", 0.02))
     if p.get("action") == "not_json":
         return [{"kind": "item", "value": {1, 2}}]
-    return [{"kind": "item", "config_id": "c", "method": "none", "size": unit.size, "pid": os.getpid()}]
+    return [{"kind": "item", "size": unit.size, "pid": os.getpid()}]
 
 
-def fake_batch(model, units):
-    """Several units at once: each row records the batch it ran in."""
+def fake(model, units, slots, progress):
+    """Units of one call together: each row records the batch it ran in."""
     for u in units:
-        rows = fake(model, u)
-        yield u.unit_id, [{**r, "batch": len(units)} for r in rows]
+        yield u.unit_id, [{**r, "batch": len(units)} for r in fake_one(model, u)]
 
 
 RUNNERS = {"fake": fake}
@@ -53,7 +56,7 @@ def make_units(tmp_path, n, special=None):
     units = []
     for i in range(n):
         payload = {"log": str(tmp_path / "log.txt"), "marker": str(tmp_path / f"marker-{i}"), **special.get(i, {})}
-        units.append(Unit(f"fake:{i}:c", "fake", str(i), sizes[i], payload))
+        units.append(Unit(f"fake:{i}:c", "fake", str(i), sizes[i], payload, config_id="c", method="none"))
     return units
 
 
@@ -77,9 +80,13 @@ def ray(ray_local):
     assert ray_local.available_resources().get("CPU", 0) == 2, "an actor was left holding a CPU"
 
 
-def make_worker(model="fake", batch_runners=None):
-    return lambda: remote_worker_class(0).remote({"model": model, "device": "cpu"}, RUNNERS, fake_loader,
-                                                 batch_runners)
+def make_worker(model="fake"):
+    return lambda: remote_worker_class(0).remote(ModelSpec(model=model, device="cpu"), RUNNERS, fake_loader)
+
+
+def run_units(units, make, store, num_workers, slots=1, max_attempts=2, progress=False, on_rows=None):
+    bar = Progress("fake", "units", "items", lambda rows: len(rows)) if progress else None
+    return Scheduler(make, store, num_workers, slots, max_attempts, bar, on_rows).run(units)
 
 
 def exactly_once(tmp_path, units):
@@ -97,19 +104,17 @@ def test_every_unit_once_with_slots_and_progress(ray, tmp_path, capsys):
     counts = run_units(units, make_worker(), store_at(tmp_path), num_workers=2, slots=2, progress=True,
                        on_rows=lambda unit, rows, status: seen.append((unit.unit_id, status)))
     assert counts["done"] == 10 and counts["failed"] == 0 and counts["skipped"] == 0
-    assert counts["tokens"] == sum(u.size for u in units)
     rows = exactly_once(tmp_path, units)
     assert len({r["pid"] for r in rows.values()}) == 2  # both actors worked
     assert all(r["node"] and r["device"] == "cpu" for r in rows.values())
     assert sorted(seen) == sorted((u.unit_id, "done") for u in units)
     err = capsys.readouterr().err
-    assert "10/10 units" in err and "tok/s" in err and "ETA" in err
+    assert "10/10 units" in err and "items/s" in err and "ETA" in err
 
 
 def test_slots_give_whole_batches(ray, tmp_path):
     units = make_units(tmp_path, 5)
-    run_units(units, make_worker(batch_runners={"fake": fake_batch}), store_at(tmp_path), num_workers=1,
-              slots=2, progress=False)
+    run_units(units, make_worker(), store_at(tmp_path), num_workers=1, slots=2, progress=False)
     rows = exactly_once(tmp_path, units)
     by_size = sorted(rows.values(), key=lambda r: -r["size"])
     assert [r.get("batch", 1) for r in by_size] == [2, 2, 2, 2, 1]  # longest two together, and so on
@@ -182,6 +187,6 @@ def test_a_worker_that_cannot_load_stops_the_run_and_writes_nothing(ray, tmp_pat
 def test_duplicate_unit_ids_are_refused(tmp_path):
     u = Unit("fake:0:c", "fake", "0", 1)
     with pytest.raises(LocasError, match="listed twice"):
-        run_units([u, u], make_worker(), store_at(tmp_path), num_workers=1, progress=False)
+        run_units([u, u], make_worker(), store_at(tmp_path), num_workers=1)
     with pytest.raises(LocasError, match="size"):
         Unit("fake:1:c", "fake", "1", -1)

@@ -5,8 +5,9 @@ import pickle
 
 import pytest
 
+from analysis.rows import StoreError, read_ledger, read_manifest, read_rows
 from locas.errors import LocasError
-from orchestration.store import RunStore, read_manifest, read_rows
+from orchestration.store import RunStore
 
 CONFIG = {"method": "locas", "lr": 4e-3, "window_size": 1024}
 
@@ -15,14 +16,14 @@ def rows_for(uid, n=2):
     return [{"kind": "window", "task": "pg19", "unit_id": uid, "window": i, "nll_sum": 1.5 * i} for i in range(n)]
 
 
-def opened(path, config_id="c1"):
-    return RunStore(path).open("pg19", CONFIG, config_id, {"CPU": 2})
+def opened(path, run_id="c1", config=CONFIG, **kwargs):
+    return RunStore(path).open("pg19", config, run_id, {"CPU": 2}, **kwargs)
 
 
 def test_manifest_contents(tmp_path):
     opened(tmp_path / "run")
     m = read_manifest(tmp_path / "run")
-    assert m["task"] == "pg19" and m["config"] == CONFIG and m["config_id"] == "c1"
+    assert m["task"] == "pg19" and m["config"] == CONFIG and m["run_id"] == "c1"
     assert m["resources"] == {"CPU": 2} and m["created"]
     assert isinstance(m["code_version"], str) and m["code_version"]
     assert set(m["packages"]) >= {"torch", "transformers", "peft", "ray", "datasets", "pandas"}
@@ -55,11 +56,11 @@ def test_resume_same_config_keeps_rows(tmp_path):
     assert len(read_manifest(tmp_path)["resumes"]) == 1
 
 
-def test_refuses_a_different_config(tmp_path):
+def test_refuses_a_different_config_and_names_what_differs(tmp_path):
     opened(tmp_path, "c1")
-    with pytest.raises(LocasError, match=r"c1.*c2") as e:
-        opened(tmp_path, "c2")
-    assert "\n" not in str(e.value)
+    with pytest.raises(LocasError, match=r"holds another run \(lr: 0.004 -> 0.01; window_size: 1024 -> 512\)") as e:
+        opened(tmp_path, "c2", {**CONFIG, "lr": 1e-2, "window_size": 512})
+    assert "\n" not in str(e.value) and "another --output" in str(e.value)
     with pytest.raises(LocasError, match="locomo"):
         RunStore(tmp_path).open("locomo", CONFIG, "c1", {})
 
@@ -140,14 +141,39 @@ def test_pickle_bytes_are_refused_never_unpickled(tmp_path, monkeypatch):
     assert b"\n" in payload
     (run / "rows.jsonl").write_bytes(payload)
     (run / "ledger.jsonl").write_text('{"unit_id": "u1", "status": "done", "rows": 1}\n')
-    with pytest.raises(LocasError, match="not a JSON object"):
+    with pytest.raises(StoreError, match="not a JSON object"):
         read_rows(run)
     (run / "rows.jsonl").write_bytes(pickle.dumps(_Boom(), protocol=5).replace(b"\n", b""))
-    assert read_rows(run) == []  # a single unterminated non-JSON line: a torn line, ignored
+    with pytest.raises(StoreError, match="damaged"):  # a torn line is skipped: u1's ledgered row is missing
+        read_rows(run)
     (run / "ledger.jsonl").write_bytes(payload)
-    with pytest.raises(LocasError):
+    with pytest.raises(StoreError):
         opened(run)
-    (run / "manifest.json").write_bytes(pickle.dumps({"config_id": "c1"}))
-    with pytest.raises(LocasError, match="not valid JSON"):
+    (run / "manifest.json").write_bytes(pickle.dumps({"run_id": "c1"}))
+    with pytest.raises(StoreError, match="not valid JSON"):
         opened(run)
     assert not marker.exists()
+
+
+def test_retry_failed_reruns_failed_units_and_supersedes_their_rows(tmp_path):
+    store = opened(tmp_path)
+    store.append("u1", rows_for("u1"))
+    store.append("u2", [{"kind": "error", "error": "CUDA out of memory", "attempts": 1}], status="failed")
+    assert opened(tmp_path).finished() == {"u1", "u2"}  # a plain rerun skips the failed unit too
+    store = opened(tmp_path, retry_failed=True)
+    assert store.finished() == {"u1"}
+    store.append("u2", rows_for("u2", 3))
+    assert [r.get("window") for r in read_rows(tmp_path) if r["unit_id"] == "u2"] == [0, 1, 2]
+    assert read_ledger(tmp_path)["u2"]["status"] == "done"
+    with pytest.raises(LocasError, match="already in the ledger"):
+        store.append("u2", rows_for("u2"))
+
+
+def test_a_failed_units_traceback_goes_to_a_file_and_its_row_keeps_one_line(tmp_path):
+    store = opened(tmp_path)
+    trace = "Traceback (most recent call last):\n  File \"x.py\", line 1\nRuntimeError: CUDA out of memory\n"
+    store.append("pg19:book/1:c1", [{"kind": "error", "error": "RuntimeError: CUDA out of memory", "traceback": trace}],
+                 status="failed")
+    (row,) = read_rows(tmp_path)
+    assert row["traceback"] == "tracebacks/pg19_book_1_c1.txt" and "\n" not in row["error"]
+    assert (tmp_path / row["traceback"]).read_text() == trace

@@ -1,5 +1,5 @@
-"""Ray Tune sweeps (issue 6): spaces, the dev-set guard, the per-process model cache, and whole sweeps on a
-local Ray with the tiny model (a 4-trial grid, an interrupted sweep resumed, ASHA with failing trials)."""
+"""Ray Tune sweeps: spaces as Tune's distributions, the dev-set guard, the trial process's Worker, and whole
+sweeps on a local Ray with the tiny model (a 4-trial grid, an interrupted sweep resumed, ASHA stopping one)."""
 import json
 import math
 from pathlib import Path
@@ -7,12 +7,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis.rows import read_ledger, read_rows
 from locas.config import AdaptConfig, ModelSpec
+from locas.data.pg19 import refuse_test_books as refuse_test_split
 from locas.errors import LocasError
-from orchestration import sweep
 from orchestration.run_sweep import main
-from orchestration.sweep import (best_command, cached_model, expand_space, parse_space, refuse_test_split,
-                                 trial_resources)
+from orchestration.sweep import trial
+from orchestration.sweep.driver import best_command, trial_resources
+from orchestration.sweep.space import expand_space, parse_space
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "orchestration" / "sweeps" / "example.yaml"
 
@@ -33,15 +35,20 @@ def test_grid_and_sampled_space_expand_to_the_same_trials_every_time():
 
 
 def test_every_sweepable_setting_and_the_aliases():
+    from ray import tune
+
     space = parse_space(["method=locas,lora", "loss_function=NTP,ST", "steps=1,2", "window_size=64",
                          "lora_rank=4,8"], ["lr=uniform:0.001:0.002", "memory_width=randint:4:8",
-                                            "memory_init=choice:highest,lowest"], seed=1)
+                                            "memory_init=choice:highest,lowest"], num_samples=4, seed=1)
+    assert isinstance(space.params["lr"], tune.search.sample.Float) and space.params["method"] == \
+        tune.grid_search(["locas", "lora"])  # Tune's own distributions: any Tune search algorithm takes them
     configs = expand_space(space, AdaptConfig())
     assert {c.loss for c in configs} == {"NTP", "SD"} and {c.steps_per_window for c in configs} == {1, 2}
     assert {c.method for c in configs} == {"locas", "lora"}
     assert {c.lora_rank for c in configs if c.method == "lora"} == {4, 8}
     assert {c.lora_rank for c in configs if c.method == "locas"} == {64}  # unused by locas: one trial, not two
-    assert all(4 <= c.memory_width <= 8 for c in configs if c.method == "locas")
+    widths = {c.memory_width for c in configs if c.method == "locas"}
+    assert widths <= {4, 5, 6, 7} and len(widths) > 1  # Tune's randint: the upper bound is excluded
 
 
 def test_settings_a_method_never_reads_do_not_multiply_trials():
@@ -51,7 +58,7 @@ def test_settings_a_method_never_reads_do_not_multiply_trials():
 
 def test_example_yaml_space(tmp_path):
     space = parse_space(space_file=EXAMPLE)
-    assert set(space.grid) == {"memory_width", "memory_init", "loss_function"} and set(space.sample) == {"lr"}
+    assert set(space.params) == {"memory_width", "memory_init", "loss", "lr"}
     assert len(expand_space(space, AdaptConfig())) == 2 * 2 * 2 * space.num_samples
     assert parse_space(space_file=EXAMPLE, num_samples=1).num_samples == 1  # the flag wins over the file
 
@@ -63,6 +70,8 @@ def test_example_yaml_space(tmp_path):
     (["memory_width"], [], "NAME=VALUES"),
     ([], ["lr=gaussian:0:1"], "bad sampler"),
     ([], ["lr=loguniform:0:1"], "loguniform needs LO > 0"),
+    ([], ["lr=randint:1:4"], "a number: use uniform or loguniform"),
+    ([], ["memory_width=uniform:1:4"], "an integer: use randint or lograndint"),
     ([], ["lr=uniform:2:1"], "LO < HI"),
     ([], ["lr=uniform:1"], "bad sampler"),
     ([], ["memory_init=uniform:1:2"], "choice:A,B"),
@@ -127,35 +136,29 @@ def test_trial_resources():
 
 
 def test_best_command_runs_the_setting_on_the_test_split():
-    cfg = AdaptConfig(method="locas", memory_width=16, memory_init="random", loss="SD", lr=1e-3, window_size=512)
-    cmd = best_command(cfg, ModelSpec(model="Qwen/Qwen3-1.7B-Base"), "emozilla/pg19", num_gpus=8)
-    assert cmd.startswith("python orchestration/run_pg19.py --model Qwen/Qwen3-1.7B-Base")
-    for flag in ("--method locas", "--memory_width 16", "--memory_init random", "--loss_function SD", "--lr 0.001",
-                 "--steps_per_window 1", "--window_size 512", "--lora_rank 64", "--data emozilla/pg19",
+    from orchestration.cli import parse
+    from orchestration.tasks import TASKS
+
+    cfg = AdaptConfig(method="lora", memory_width=16, memory_init="random", loss="SD", lr=1e-3, window_size=512,
+                      max_tokens=5000)
+    spec = ModelSpec(model="/models/my model", dtype="float32")
+    cmd = best_command(cfg, spec, "emozilla/pg19", num_gpus=8)
+    assert cmd.startswith("python orchestration/run_pg19.py --model '/models/my model' --dtype float32")
+    for flag in ("--method lora", "--loss SD", "--lr 0.001", "--window_size 512", "--data emozilla/pg19",
                  "--split test", "--num_gpus 8"):
         assert flag in cmd
-    from orchestration.run_pg19 import build_parser
+    import shlex
 
-    args = build_parser().parse_args(cmd.split()[2:])  # the printed flags are the run script's own
-    assert (args.split, args.memory_width, args.loss_function, args.lr) == ("test", 16, "SD", 1e-3)
+    plan = parse(TASKS["pg19"], shlex.split(cmd)[2:])  # the printed flags give the same configs back
+    assert plan.cfg == cfg.replace(max_tokens=None) and plan.spec == spec and plan.options.split == "test"
 
 
-def test_the_model_is_loaded_once_per_process_and_spec(monkeypatch):
-    monkeypatch.setattr(sweep, "_MODELS", {})
-    monkeypatch.setattr(sweep, "_LOADS", {})
-    loaded = []
-
-    def loader(spec):
-        loaded.append(spec["model"])
-        return object()
-
-    a, n1 = cached_model({"model": "a"}, loader)
-    b, n2 = cached_model({"model": "a"}, loader)
-    assert a is b and (n1, n2) == (1, 1) and loaded == ["a"]
-    c, n3 = cached_model({"model": "b"}, loader)
-    assert c is not a and n3 == 1 and len(sweep._MODELS) == 1  # a new spec evicts the old model
-    cached_model({"model": "a"}, loader)
-    assert sweep._LOADS == {json.dumps({"model": "a"}): 2, json.dumps({"model": "b"}): 1}
+def test_a_trial_process_keeps_one_worker_per_model(monkeypatch):
+    monkeypatch.setattr(trial, "_PROCESS", {})
+    a = trial.process_worker(ModelSpec(model="a"), slots=1, require_cuda=False)
+    assert trial.process_worker(ModelSpec(model="a"), slots=4, require_cuda=False) is a and a.slots == 4
+    b = trial.process_worker(ModelSpec(model="b"), slots=1, require_cuda=False)
+    assert b is not a and trial._PROCESS == {"worker": b}  # another model replaces the first
 
 
 # --------------------------------------------------------------------------- sweeps on a local Ray
@@ -187,16 +190,22 @@ def test_a_4_trial_grid_writes_one_row_per_trial(ray_local, tiny_path, dev_books
     assert (df["status"] == "completed").all() and (df["books_done"] == 3).all()
     assert df["ppl"].map(math.isfinite).all() and (df["ppl"] > 1).all()
     assert (df["method"] == "locas").all() and (df["lr"] == 4e-3).all() and (df["window_size"] == 64).all()
+    assert list(df.columns[:3]) == ["trial", "method", "loss"]
     assert (df["loads"] == 1).all()  # each worker process loaded the model once, however many trials it ran
     assert list(df["ppl"]) == sorted(df["ppl"])  # best first
     best = df.iloc[0]
-    assert f"--memory_width {best['memory_width']} --memory_init {best['memory_init']}" in printed
-    assert "orchestration/run_pg19.py" in printed and "--split test" in printed
+    command = next(line for line in printed.splitlines() if line.startswith("python orchestration/run_pg19.py"))
+    import shlex
+
+    from orchestration.cli import parse
+    from orchestration.tasks import TASKS
+
+    plan = parse(TASKS["pg19"], shlex.split(command)[2:])  # the best setting, on the test split
+    assert (plan.cfg.memory_width, plan.cfg.memory_init) == (best["memory_width"], best["memory_init"])
+    assert plan.options.split == "test" and plan.cfg.window_size == 64
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["trial"] == best["trial"] and summary["statuses"]["completed"] == 4
     # the store holds each trial's book rows and its trial row, one ledger line per trial
-    from orchestration.store import read_ledger, read_rows
-
     assert len(read_ledger(out)) == 4
     rows = read_rows(out)
     assert sum(r["kind"] == "book" for r in rows) == 12 and sum(r["kind"] == "trial" for r in rows) == 4
@@ -225,26 +234,27 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_loca
     assert list(kept["seconds"]) == list(first.set_index("trial")["seconds"])  # not rerun
     assert main(cmd) == 0
     assert "0 ran now, 4 already finished" in capsys.readouterr().out
-    from orchestration.store import read_ledger
-
     assert len(read_ledger(out)) == 4
     # another model or other books in the same folder is refused, not mixed in
     assert main(sweep_args(tiny_path, dev_books, out, "--grid", "memory_width=4,8")) == 2
     assert "use another --output" in capsys.readouterr().err
 
 
-def test_asha_and_a_too_wide_memory(ray_local, tiny_path, dev_books, tmp_path, capsys):
+def test_asha_stops_a_bad_setting_and_a_too_wide_memory_is_refused(ray_local, tiny_path, dev_books, tmp_path,
+                                                                       capsys):
     out = tmp_path / "sweep"
     # a width larger than the MLP is refused before any trial runs
     assert main(sweep_args(tiny_path, dev_books, out, "--grid", "memory_width=4,512")) == 2
     assert "larger than the model's MLP" in capsys.readouterr().err and not out.exists()
-    assert main(sweep_args(tiny_path, dev_books, out, "--grid", "memory_width=4,8", "--grid",
-                           "method=locas,none", "--asha")) == 0
+    # one trial at a time, in grid order: locas (3 steps of lr 0.05 per window learns the repetitive text: PPL
+    # ~450 on the first book) runs first; at the first rung the frozen model (~490) is worse, so ASHA stops it
+    argv = sweep_args(tiny_path, dev_books, out, "--grid", "method=locas,none", "--lr", "0.05", "--steps", "3",
+                      "--asha")
+    assert main(argv) == 0
     capsys.readouterr()
-    df = pd.read_csv(out / "trials.csv")
-    assert len(df) == 3  # 2 widths for locas, one trial for none
-    assert set(df["status"]) <= {"completed", "stopped"} and (df["status"] == "completed").any()
-    assert df["ppl"].map(math.isfinite).all()
-    assert (df.loc[df["status"] == "stopped", "books_done"] < 3).all()
+    df = pd.read_csv(out / "trials.csv").set_index("method")
+    assert df.loc["locas", "status"] == "completed" and df.loc["locas", "books_done"] == 3
+    assert df.loc["none", "status"] == "stopped" and df.loc["none", "books_done"] == 1
+    assert df.loc["none", "ppl"] > df.loc["locas", "ppl"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["status"] == "completed" and summary["remaining"] == []

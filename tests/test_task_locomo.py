@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import locas.adapt
 import locas.methods
 import locas.tasks.locomo as locomo_task
 from locas.config import AdaptConfig
@@ -14,8 +15,8 @@ from locas.metrics import score_qa
 from locas.tasks.locomo import (answer_questions, conversation_document, generate_answers, locomo_config,
                                 run_locomo_conversation, session_chunks)
 
-QA_FIELDS = {"kind", "task", "method", "conversation_id", "question_id", "category", "question", "gold",
-             "prediction", "f1", "f1_adversarial_report", "seconds"}
+QA_FIELDS = {"kind", "conversation_id", "question_id", "category", "question", "gold", "prediction", "f1",
+             "f1_adversarial_report", "seconds"}
 DATES = ["1:00 pm on 1 May, 2023", "2:00 pm on 5 May, 2023", "9:30 am on 9 May, 2023"]
 
 
@@ -75,25 +76,27 @@ def spy_methods(monkeypatch):
         made.append(original(model, c))
         return made[-1]
 
-    monkeypatch.setattr(locas.methods, "make_method", make)
+    monkeypatch.setattr(locas.adapt, "make_method", make)
     return made
 
 
 @pytest.mark.parametrize("method", ["none", "locas", "lora"])
 @pytest.mark.parametrize("answer_context", ["full", "none"])
 def test_rows_have_the_schema_and_their_f1(tiny_model, tokenizer, conversation, method, answer_context):
-    rows = run_locomo_conversation(tiny_model, tokenizer, conversation, cfg(method=method),
-                                   answer_context=answer_context, max_new_tokens=6)
+    adaptation, *rows = run_locomo_conversation(tiny_model, tokenizer, conversation, cfg(method=method),
+                                                answer_context=answer_context, max_new_tokens=6)
     qa_rows = [r for r in rows if r["kind"] == "qa"]
     errors = [r for r in rows if r["kind"] == "error"]
     assert [r["question_id"] for r in rows] == [f"conv-t:{i}" for i in range(6)]  # question order
     assert len(qa_rows) == 5 and len(errors) == 1
     assert errors[0]["question_id"] == "conv-t:5" and "no 'answer'" in errors[0]["error"]
-    assert errors[0]["task"] == "locomo" and errors[0]["method"] == method and errors[0]["attempts"] == 1
+    assert errors[0]["conversation_id"] == "conv-t"
+    assert adaptation["kind"] == "conversation" and adaptation["windows"] == 3 and adaptation["seconds"] > 0
+    assert adaptation["tokens"] == len(conversation_document(tokenizer, conversation, cfg()).tokens)
     by_id = {qa.question_id: qa for qa in conversation.qa}
     for row in qa_rows:
         assert set(row) == QA_FIELDS
-        assert (row["task"], row["method"], row["conversation_id"]) == ("locomo", method, "conv-t")
+        assert row["conversation_id"] == "conv-t"
         qa = by_id[row["question_id"]]
         assert (row["category"], row["question"]) == (qa.category, qa.question)
         assert row["gold"] == (NOT_MENTIONED if qa.category == 5 else qa.answer)
@@ -254,10 +257,41 @@ def test_a_failing_question_becomes_an_error_row(tiny_model, tokenizer, conversa
 
     monkeypatch.setattr(locomo_task, "generate_answers", fake_generate)
     rows = run_locomo_conversation(tiny_model, tokenizer, conversation, cfg(method="none"), answer_context="none")
-    kinds = {r["question_id"]: r["kind"] for r in rows}
+    kinds = {r["question_id"]: r["kind"] for r in rows[1:]}
     assert kinds == {"conv-t:0": "qa", "conv-t:1": "error", "conv-t:2": "qa", "conv-t:3": "qa", "conv-t:4": "qa",
                      "conv-t:5": "error"}
-    assert next(r for r in rows if r["question_id"] == "conv-t:1")["error"] == "RuntimeError: boom"
+    assert next(r for r in rows[1:] if r["question_id"] == "conv-t:1")["error"] == "RuntimeError: boom"
+
+
+class Bars:
+    """A tqdm-like class that records what each bar counted."""
+
+    made: list = []
+
+    def __init__(self, total, desc, unit):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+        Bars.made.append(self)
+
+    def update(self, n):
+        self.n += n
+
+    def close(self):
+        pass
+
+
+def test_a_small_run_answers_the_first_questions_and_shows_sessions_then_questions(tiny_model, tokenizer,
+                                                                                   conversation):
+    Bars.made = []
+    rows = run_locomo_conversation(tiny_model, tokenizer, conversation, cfg(method="locas"), answer_context="none",
+                                   max_new_tokens=4, max_questions=2, progress=Bars)
+    assert [r["question_id"] for r in rows[1:]] == ["conv-t:0", "conv-t:1"] and rows[0]["windows"] == 3
+    assert [(b.desc, b.unit, b.total, b.n) for b in Bars.made] == [("conv-t sessions", "window", 3, 3),
+                                                                   ("conv-t questions", "question", 2, 2)]
+    skipped = run_locomo_conversation(tiny_model, tokenizer, conversation, cfg(method="none"), answer_context="none",
+                                      max_new_tokens=4, max_questions=6)
+    assert [r["kind"] for r in skipped[1:]] == ["qa"] * 5 + ["error"]  # the broken question is the sixth
+    with pytest.raises(LocasError, match="max_questions=0"):
+        run_locomo_conversation(tiny_model, tokenizer, conversation, cfg(), max_questions=0)
 
 
 def test_bad_options_are_refused(tiny_model, tokenizer, conversation):
@@ -297,6 +331,5 @@ def test_answer_questions_with_a_loaded_memory(tiny_model, tokenizer, conversati
     """The answering half alone, as a notebook would use it with a saved memory."""
     memory = tiny_model.memorize(torch.tensor([tokenizer("the old ship").input_ids]), keep_top=8)
     with torch.no_grad(), tiny_model.use_memory(memory):
-        rows = answer_questions(tiny_model, tokenizer, conversation, answer_context="none", max_new_tokens=4,
-                                method="locas")
-    assert [r["kind"] for r in rows] == ["qa"] * 5 and all(r["method"] == "locas" for r in rows)
+        rows = answer_questions(tiny_model, tokenizer, conversation, answer_context="none", max_new_tokens=4)
+    assert [r["kind"] for r in rows] == ["qa"] * 5

@@ -3,103 +3,84 @@ import sys
 
 import pytest
 
+from locas.config import ModelSpec
 from locas.errors import LocasError
-from orchestration.scheduler import Unit
+from orchestration.units import Unit
 from orchestration.worker import Worker, remote_worker_class
 
-SPEC = {"model": "fake-model", "device": "cpu"}
+SPEC = ModelSpec(model="fake-model", device="cpu")
 
 
 def fake_loader(spec):
-    return {"name": spec["model"], "spec": dict(spec)}
+    return {"name": spec.model, "spec": spec}
 
 
-def echo(model, unit):
-    if unit.payload.get("raise"):
-        raise ValueError("bad item\nsecond line")
-    return [{"kind": "item", "config_id": "c", "method": "none", "model": model["name"], "i": i}
-            for i in range(unit.payload.get("rows", 1))]
+def echo(model, units, slots, progress):
+    """Answers in reverse order, like a batch whose short documents end first (`slots` of them at once);
+    fails on a unit whose payload says raise, once it is the first unit left."""
+    for u in reversed(units):
+        if u.payload.get("raise"):
+            raise ValueError("bad item\nsecond line")
+        yield u.unit_id, [{"kind": "item", "model": model["name"], "i": i, "batch": len(units), "slots": slots}
+                          for i in range(u.payload.get("rows", 1))]
 
 
 RUNNERS = {"echo": echo}
 
 
-def unit(i, **payload):
-    return Unit(f"echo:{i}:c", "echo", str(i), size=10 * i, payload=payload)
+def unit(i, config="c", **payload):
+    return Unit(f"echo:{i}:r", "echo", str(i), size=10 * i, payload=payload, config_id=config, method="locas")
 
 
-def test_loads_once_lazily_and_tags_rows():
-    w = Worker(SPEC, RUNNERS, loader=fake_loader)
+def test_loads_once_lazily_and_stamps_every_row():
+    w = Worker(SPEC, RUNNERS, loader=fake_loader, slots=3)
     assert w.load_count == 0 and w.model is None  # lazy
     out = list(w.run_units([unit(1, rows=2), unit(2)]))
     out += list(w.run_units([unit(3)]))
     assert w.load_count == 1
-    assert [uid for uid, _ in out] == ["echo:1:c", "echo:2:c", "echo:3:c"]
-    rows = out[0][1]
-    assert len(rows) == 2
+    assert [uid for uid, _ in out] == ["echo:2:r", "echo:1:r", "echo:3:r"]
+    rows = dict(out)["echo:1:r"]
+    assert len(rows) == 2 and rows[0]["slots"] == 3 and rows[0]["batch"] == 2
     for r in rows:
-        assert r["unit_id"] == "echo:1:c" and r["task"] == "echo" and r["device"] == "cpu" and r["node"]
-        assert r["model"] == "fake-model"
-    assert w.model["spec"]["trust_remote_code"] is False  # off unless asked
+        assert (r["unit_id"], r["task"], r["config_id"], r["method"]) == ("echo:1:r", "echo", "c", "locas")
+        assert r["device"] == "cpu" and r["node"] and r["model"] == "fake-model"
+    assert w.model["spec"].trust_remote_code is False and w.model["spec"].device == "cpu"
     assert w.info()["device"] == "cpu"
 
 
-def test_a_unit_that_raises_becomes_one_error_row_and_the_rest_go_on():
+def test_units_of_one_task_and_config_run_together_the_others_apart():
     w = Worker(SPEC, RUNNERS, loader=fake_loader)
-    out = dict(w.run_units([unit(1), unit(2, **{"raise": True}), unit(3), Unit("nope:4:c", "nope", "4", 1)],
-                           attempts={"echo:2:c": 2}))
-    (err,) = out["echo:2:c"]
+    out = list(w.run_units([unit(1), unit(2), unit(3, config="d"), unit(4)]))
+    assert [(uid, rows[0]["batch"]) for uid, rows in out] == [("echo:2:r", 2), ("echo:1:r", 2), ("echo:3:r", 1),
+                                                             ("echo:4:r", 1)]
+
+
+def test_a_failing_group_reruns_what_it_left_one_by_one_so_only_the_culprit_fails():
+    w = Worker(SPEC, RUNNERS, loader=fake_loader)
+    out = dict(w.run_units([unit(1), unit(2, **{"raise": True}), unit(3)], attempts={"echo:2:r": 2}))
+    assert out["echo:3:r"][0]["batch"] == 3  # answered by the group before it failed
+    assert out["echo:1:r"][0]["batch"] == 1  # rerun alone
+    (err,) = out["echo:2:r"]
     assert err["kind"] == "error" and err["error"] == "ValueError: bad item second line" and "\n" not in err["error"]
-    assert err["attempts"] == 2 and err["unit_id"] == "echo:2:c" and err["task"] == "echo"
-    assert err["config_id"] == "c" and err["device"] == "cpu"
-    assert out["echo:1:c"][0]["kind"] == out["echo:3:c"][0]["kind"] == "item"
-    assert "no runner for task 'nope'" in out["nope:4:c"][0]["error"]
+    assert err["attempts"] == 2 and (err["unit_id"], err["task"], err["config_id"]) == ("echo:2:r", "echo", "c")
+    assert err["device"] == "cpu" and err["item_id"] == "2"
+    assert "Traceback" in err["traceback"] and "in echo" in err["traceback"]  # the whole story, for a file
+
+
+def test_an_unknown_task_is_an_error_row_and_the_rest_go_on():
+    w = Worker(SPEC, RUNNERS, loader=fake_loader)
+    out = dict(w.run_units([unit(1), Unit("nope:4:r", "nope", "4", 1)]))
+    assert out["echo:1:r"][0]["kind"] == "item"
+    assert "no runner for task 'nope'" in out["nope:4:r"][0]["error"]
 
 
 def test_a_load_failure_raises_out_of_run_units():
     def bad_loader(spec):
-        raise OSError(f"{spec['model']} not found")
+        raise OSError(f"{spec.model} not found")
 
     w = Worker(SPEC, RUNNERS, loader=bad_loader)
     with pytest.raises(OSError, match="not found"):
         list(w.run_units([unit(1)]))
-
-
-def test_model_spec_needs_a_model_and_passes_extra_keys_to_the_loader():
-    with pytest.raises(LocasError, match="model"):
-        Worker({"dtype": "float32"}, RUNNERS)
-    w = Worker({**SPEC, "attn_implementation": "sdpa"}, RUNNERS, loader=fake_loader)
-    assert w.load()["spec"]["attn_implementation"] == "sdpa" and w.model["spec"]["dtype"] == "float32"
-
-
-def batch_echo(model, units):
-    """Answers in reverse order, like a batch whose short documents end first; fails on a 'raise' unit."""
-    if any(u.payload.get("raise") for u in units[1:]):
-        yield units[0].unit_id, [{"kind": "item", "batch": len(units)}]
-        raise ValueError("one document of the batch is broken")
-    for u in reversed(units):
-        yield u.unit_id, [{"kind": "item", "batch": len(units)}]
-
-
-def test_batch_runner_takes_consecutive_units_of_its_task():
-    w = Worker(SPEC, RUNNERS, loader=fake_loader, batch_runners={"echo": batch_echo})
-    other = Unit("solo:9:c", "solo", "9", 1)
-    out = list(w.run_units([unit(1), unit(2), unit(3), other, unit(4)]))
-    assert [uid for uid, _ in out] == ["echo:3:c", "echo:2:c", "echo:1:c", "solo:9:c", "echo:4:c"]
-    assert [rows[0].get("batch") for _, rows in out] == [3, 3, 3, None, None]  # a lone unit runs alone
-    assert out[0][1][0]["unit_id"] == "echo:3:c" and out[0][1][0]["device"] == "cpu"
-
-
-def test_a_failing_batch_reruns_what_it_left_one_by_one():
-    w = Worker(SPEC, RUNNERS, loader=fake_loader, batch_runners={"echo": batch_echo})
-    out = dict(w.run_units([unit(1), unit(2, **{"raise": True}), unit(3)]))
-    assert out["echo:1:c"][0]["batch"] == 3  # answered by the batch before it failed
-    assert out["echo:2:c"][0]["kind"] == "error" and "bad item" in out["echo:2:c"][0]["error"]
-    assert out["echo:3:c"][0]["kind"] == "item" and "batch" not in out["echo:3:c"][0]  # rerun alone
-    only_batch = Worker(SPEC, {}, loader=fake_loader, batch_runners={"echo": batch_echo})
-    out = dict(only_batch.run_units([unit(1), unit(2, **{"raise": True}), unit(3)]))
-    assert out["echo:1:c"][0]["kind"] == "item"
-    assert out["echo:2:c"][0]["error"] == out["echo:3:c"][0]["error"] == "ValueError: one document of the batch is broken"
 
 
 def test_more_than_one_visible_gpu_is_refused(monkeypatch):
@@ -107,19 +88,34 @@ def test_more_than_one_visible_gpu_is_refused(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    w = Worker({"model": "m", "device": "auto"}, RUNNERS, loader=fake_loader)
+    w = Worker(ModelSpec(model="m", device="auto"), RUNNERS, loader=fake_loader)
     with pytest.raises(LocasError, match="sees 2 CUDA devices"):
         w.load()
     assert w.load_count == 0
 
 
-def test_default_loader_loads_the_tiny_checkpoint(tiny_path):
-    def params(model, unit):
-        return [{"kind": "info", "layers": model.num_layers}]
+def test_an_actor_with_a_gpu_but_no_cuda_refuses_to_run_on_the_cpu(monkeypatch):
+    import torch
 
-    w = Worker({"model": str(tiny_path), "device": "cpu"}, {"info": params})
-    ((uid, rows),) = list(w.run_units([Unit("info:x:c", "info", "x", 1)]))
-    assert rows[0]["layers"] == 2 and rows[0]["device"] == "cpu" and w.load_count == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    w = Worker(ModelSpec(model="m", device="auto"), RUNNERS, loader=fake_loader, require_cuda=True)
+    with pytest.raises(LocasError, match="has a GPU but runs on cpu.*--device cpu") as e:
+        w.load()
+    assert "\n" not in str(e.value) and w.load_count == 0
+
+
+def test_the_default_loader_and_runners_run_the_tiny_checkpoint(tiny_path):
+    from locas.config import AdaptConfig
+    from locas.data.pg19 import Book
+    from locas.tiny import sample_text
+    from orchestration.tasks import make_unit
+
+    w = Worker(ModelSpec(model=str(tiny_path), dtype="float32", device="cpu"))
+    book = Book("b", None, sample_text(200))
+    ((uid, rows),) = list(w.run_units([make_unit("pg19", "b", 1, AdaptConfig(window_size=64, memory_width=8),
+                                                 "run", book)]))
+    assert uid == "pg19:b:run" and rows[-1]["kind"] == "book" and rows[-1]["device"] == "cpu"
+    assert w.load_count == 1 and w.model.num_layers == 2
 
 
 def test_streaming_generator_on_the_remote_class(ray_local):
@@ -130,7 +126,7 @@ def test_streaming_generator_on_the_remote_class(ray_local):
         gen = actor.run_units.options(num_returns="streaming").remote([unit(1), unit(2, rows=3)])
         assert type(gen).__name__ == "ObjectRefGenerator"
         out = [ray.get(ref) for ref in gen]
-        assert [uid for uid, _ in out] == ["echo:1:c", "echo:2:c"] and len(out[1][1]) == 3
+        assert [uid for uid, _ in out] == ["echo:2:r", "echo:1:r"] and len(out[0][1]) == 3
         info = ray.get(actor.info.remote())
         assert info["load_count"] == 1 and info["device"] == "cpu"
         assert out[0][1][0]["node"] == ray.util.get_node_ip_address()

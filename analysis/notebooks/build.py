@@ -1,7 +1,9 @@
 """Write the results notebooks (without outputs) from the cells below: `python analysis/notebooks/build.py`.
 
-Each notebook's first cell picks the run: `LOCAS_RUN` (a run folder, or several separated by commas),
-else the default path. Figures are saved as PNG into the first run's folder (or `LOCAS_FIGURES`).
+Each notebook's first cell picks the run: `LOCAS_RUN` (a run folder, several separated by commas, or a
+study's folder), else the default path; relative paths are taken from the folder Jupyter was launched in.
+Figures are saved as PNG into the first run's folder (or `LOCAS_FIGURES`). The tests check that running this
+file reproduces the committed notebooks.
 """
 
 from pathlib import Path
@@ -19,14 +21,14 @@ import pandas as pd
 from IPython.display import display
 
 from analysis import plots, tables
-from analysis.load import load_runs
+from analysis.load import launch_folder, load_runs
 
 pd.options.display.float_format = "{:.3f}".format
 pd.options.display.max_columns = 40
-runs = load_runs(RUN)
+runs = load_runs(RUN, base=launch_folder())
 FIGURES = Path(os.environ.get("LOCAS_FIGURES", runs.paths[runs.names[0]]))
-print("runs:", ", ".join(runs.names), "| figures ->", FIGURES)
-print({name: len(getattr(runs, name)) for name in ("windows", "books", "qa", "mmlu", "errors", "trials")})"""
+print("figures ->", FIGURES)
+runs"""
 
 ERRORS = """\
 # Units that failed (one row each, with the error in one line)
@@ -55,30 +57,28 @@ def code(text: str):
 
 
 PG19 = notebook("# PG-19: perplexity at depth, cost, and MMLU retention", "runs/pg19", [
-    md("## PPL@N (cumulative)\nPooled over the books: exp(Σ NLL / Σ scored tokens) over windows whose first "
-       "scored token is before N. `n@…` is the number of books behind each column."),
-    code("ppl = tables.pg19_table(runs.windows, runs.books)\n"
-         "display(tables.pg19_view(ppl, 'ppl'))\n"
-         "ppl[['run', 'method', 'config_id', *[c for c in ppl.columns if c.startswith('reach@')]]]"
-         "  # books with >= N tokens"),
-    md("## Bucket PPL: windows starting in [N − 50K, N)"),
+    md("## PPL@N, the headline: the books that reach N\nexp(Σ NLL / Σ scored tokens) over exactly the scored "
+       "tokens among each book's first N tokens, pooled over the books with at least N tokens (`n@…` of them): "
+       "every position up to N counts the same books (docs/protocols.md)."),
+    code("ppl = tables.pg19_table(runs)\ntables.pg19_view(ppl, 'ppl_reaching')"),
+    md("## PPL@N over every book (a shorter book gives all its tokens), and the mean of per-book PPL@N"),
+    code("display(tables.pg19_view(ppl, 'ppl'))\ntables.pg19_view(ppl, 'mean_book_ppl')"),
+    md("## Bucket PPL: the scored tokens in [N − 50K, N)"),
     code("tables.pg19_view(ppl, 'bucket')"),
     md("## TempLoRA-style: token-weighted mean of per-window PPL (compare only with tables that use it)"),
     code("tables.pg19_view(ppl, 'templora_ppl')"),
-    md("## Only the books that reach N"),
-    code("reaching = tables.pg19_table(runs.windows, runs.books, reaching_only=True)\n"
-         "display(tables.pg19_view(reaching, 'ppl'))\n"
-         "tables.pg19_view(reaching, 'bucket')"),
-    md("## Against `none`: paired books, pooled-PPL difference, 95% bootstrap interval over books"),
-    code("deltas = tables.delta_table(runs.windows, runs.books, n_boot=2000, seed=0)\ndeltas"),
-    code("# per book, whole book\ntables.book_deltas(runs.windows, runs.books)"),
-    md("## Cost (Table 1): extra parameters, GPU-seconds, time relative to `none`"),
-    code("tables.cost_table(runs.books, runs.windows)"),
+    md("## Against `none`: paired books, pooled-PPL difference, 95% bootstrap interval over books\n"
+       "Only runs of the same model, data, split, max_tokens and windows are paired; name the baseline run "
+       "with `baseline_run=` when there are several."),
+    code("deltas = tables.delta_table(runs, n_boot=2000, seed=0)\ndeltas"),
+    code("# per book, whole book\ntables.book_deltas(runs, warn=False)"),
+    md("## Cost (Table 1): extra parameters, GPU-seconds per 1K tokens, time relative to `none`"),
+    code("tables.cost_table(runs)"),
     md("## PPL against position in the book"),
-    code("plots.plot_ppl_by_position(runs.windows, runs.books, path=FIGURES / 'pg19_ppl_by_position.png')"),
+    code("plots.plot_ppl_by_position(runs, path=FIGURES / 'pg19_ppl_by_position.png')"),
     md("## MMLU retention: before (base) and after adapting on a book (memory and its dense export)"),
     code("if len(runs.mmlu):\n"
-         "    display(tables.mmlu_table(runs.mmlu))\n"
+         "    display(tables.mmlu_table(runs))\n"
          "else:\n"
          "    print('no MMLU rows in', RUN)"),
 ])
@@ -86,27 +86,24 @@ PG19 = notebook("# PG-19: perplexity at depth, cost, and MMLU retention", "runs/
 LOCOMO = notebook("# LoCoMo: F1 per question category", "runs/locomo", [
     md("F1 × 100 per category: 1 multi-hop, 2 temporal, 3 open-domain, 4 single-hop, 5 adversarial (official "
        "rule: abstaining scores 1), and the report's adversarial rule (−F1 against the adversarial answer)."),
-    code("tables.locomo_table(runs.qa)"),
-    code("tables.locomo_long(runs.qa)"),
-    code("plots.plot_locomo_f1(runs.qa, path=FIGURES / 'locomo_f1.png')"),
+    code("tables.locomo_table(runs)"),
+    code("tables.locomo_long(runs)"),
+    code("plots.plot_locomo_f1(runs, path=FIGURES / 'locomo_f1.png')"),
     md("## Some answers"),
     code("columns = ['method', 'category', 'question', 'gold', 'prediction', 'f1']\n"
          "runs.qa.groupby(['method', 'category']).head(2)[columns]"),
 ])
 
 SWEEPS = notebook("# Sweeps: trials and heatmaps", "runs/sweep", [
-    code("trials = runs.trials\n"
-         "print(trials['status'].value_counts(dropna=False).to_dict())\n"
-         "tables.sweep_table(trials).head(10)"),
+    md("Completed trials, best first (trials ASHA stopped early are counted, not ranked)."),
+    code("print(runs.trials['status'].value_counts(dropna=False).to_dict())\n"
+         "tables.sweep_table(runs).head(10)"),
     md("## Heatmap of two config columns (best PPL over the others)"),
-    code("config = tables.sweep_config_columns(trials)\n"
-         "def pick(candidates, exclude=()):\n"
-         "    found = [c for c in candidates if c in config and c not in exclude]\n"
-         "    return found[0] if found else [c for c in config if c not in exclude][0]\n"
-         "X = os.environ.get('LOCAS_SWEEP_X') or pick(['memory_width', 'keep_top', 'lora_rank', 'lr'])\n"
-         "Y = os.environ.get('LOCAS_SWEEP_Y') or pick(['memory_init', 'loss', 'steps_per_window'], exclude=[X])\n"
-         "print('config columns:', config, '| heatmap:', X, 'x', Y)"),
-    code("plots.plot_sweep_heatmap(trials, X, Y, path=FIGURES / f'sweep_{X}_x_{Y}.png')"),
+    code("varied = [c for c in tables.sweep_config_columns(runs.trials) if runs.trials[c].nunique() > 1]\n"
+         "X = os.environ.get('LOCAS_SWEEP_X') or varied[0]\n"
+         "Y = os.environ.get('LOCAS_SWEEP_Y') or next(c for c in varied if c != X)\n"
+         "print('varied:', varied, '| heatmap:', X, 'x', Y)"),
+    code("plots.plot_sweep_heatmap(runs, X, Y, path=FIGURES / f'sweep_{X}_x_{Y}.png')"),
 ])
 
 

@@ -1,8 +1,8 @@
 """Data loaders for the three tasks: `pg19` (books), `locomo` (conversations), `mmlu` (questions).
 
 Import the task module you need (`from locas.data.pg19 import load_books`). This file holds only
-what the loaders share: telling a local folder from a Hugging Face dataset id, and turning any
-failure to load a dataset (offline, unknown id or split) into one `LocasError` line.
+what the loaders share: telling a local folder from a Hugging Face dataset id, and loading one split
+of a dataset (a hub id or a local dataset folder) through `datasets`, with any failure as one line.
 """
 
 from __future__ import annotations
@@ -24,14 +24,35 @@ def is_folder_source(source: str | Path) -> bool:
     )
 
 
-def load_hub_dataset(dataset_id: str, config: str | None, split: str, hint: str) -> Any:
-    """`datasets.load_dataset(dataset_id, config, split=split)`, or a LocasError that ends with `hint`."""
+DATASET_FILES = ("*.parquet", "*.arrow", "*.jsonl")
+
+
+def is_dataset_folder(folder: Path) -> bool:
+    """A local copy of a hub dataset (its parquet/arrow/jsonl files, or a dataset card with configs), which
+    `datasets` loads exactly as it loads the hub id."""
+    return (folder / "README.md").is_file() or any(next(folder.rglob(p), None) for p in DATASET_FILES)
+
+
+def load_hub_dataset(source: str, config: str | None, split: str, hint: str) -> Any:
+    """One split of a dataset (a hub id or a local dataset folder), and nothing else.
+
+    `datasets.load_dataset(source, split=...)` downloads and prepares every split first: PG-19's
+    ~28,600-book train split to read 100 test books, MMLU's auxiliary_train to read its test questions.
+    So the split's own data files are looked up (`load_dataset_builder` lists files, it reads none) and
+    only those are loaded; `datasets` shows its download and preparation progress bars. Any failure
+    (offline, unknown id, config or split) is one LocasError line naming what was looked for."""
     import datasets  # slow to import; only the dataset paths need it
 
+    named = source if config is None else f"{source} ({config})"
     try:
-        return datasets.load_dataset(dataset_id, config, split=split)
+        files = datasets.load_dataset_builder(source, config).config.data_files or {}
+        if split not in files:
+            known = ", ".join(files) or "none"
+            raise LocasError(f"dataset {named} has no split {split!r} (its splits: {known}); {hint}")
+        return datasets.load_dataset(source, config, data_files={split: files[split]}, split=split)
+    except LocasError:
+        raise
     except Exception as error:  # offline, unknown id, config or split: all one user-facing message
         message = str(error).strip()
         reason = message.splitlines()[0] if message else type(error).__name__
-        named = dataset_id if config is None else f"{dataset_id} ({config})"
         raise LocasError(f"cannot load dataset {named} split {split!r}: {reason}; {hint}") from None

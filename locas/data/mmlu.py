@@ -1,6 +1,7 @@
 """MMLU questions and the k-shot prompt (SPEC §8), used as the forgetting check.
 
-Sources: the `cais/mmlu` dataset, or a folder of `{subject}_{split}.csv` files in either layout:
+Sources: the `cais/mmlu` dataset (a hub id or a local copy of its files; only the asked split is loaded,
+never the 100K-question `auxiliary_train`), or a folder of `{subject}_{split}.csv` files in either layout:
 the original Hendrycks one (no header; question, A, B, C, D, answer letter) or the cais one (header
 `question,choice0,choice1,choice2,choice3,answer`, answer 0-based). Both give identical `Question`s,
 so a run's rows do not depend on where the data came from.
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from locas.data import is_folder_source, load_hub_dataset
+from locas.data import is_dataset_folder, is_folder_source, load_hub_dataset
 from locas.errors import LocasError
 
 DEFAULT_DATASET = "cais/mmlu"
@@ -35,9 +36,12 @@ def load_mmlu(
 ) -> list[Question]:
     """Questions of `subjects` (all when None) from `split`; `split="dev"` gives the few-shot exemplars."""
     chosen = None if subjects is None else list(subjects)
-    if is_folder_source(source):
-        return _folder_questions(Path(source).expanduser(), chosen, split)
-    return _dataset_questions(str(source), chosen, split)
+    if not is_folder_source(source):
+        return _dataset_questions(str(source), chosen, split)
+    folder = Path(source).expanduser()
+    if folder.is_dir() and next(folder.glob(f"*_{split}.csv"), None) is None and is_dataset_folder(folder):
+        return _dataset_questions(str(folder), chosen, split)
+    return _folder_questions(folder, chosen, split)
 
 
 def build_prompt(question: Question, dev: Sequence[Question] = (), k: int = 0) -> str:

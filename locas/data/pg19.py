@@ -1,8 +1,12 @@
 """PG-19 books from a folder of `.txt` files or a Hugging Face dataset (SPEC §6).
 
 A book is one unit of work, so loading returns whole books and the scheduler sizes units by
-`len(book.text)` before any tokenizer is loaded. Texts are kept byte-for-byte (no newline
-translation: the PG-19 files use CRLF) so a folder and the HF copy of a book tokenize alike.
+`len(book.text)` before any tokenizer is loaded.
+
+Text is exactly what the Hugging Face PG-19 builder yields (docs/protocols.md): it reads each official
+`.txt` file as UTF-8 in text mode, so their CRLF (and any lone CR) become LF, and the hub's parquet copies
+hold that text. A folder book is read the same way, so a folder and the hub give the same tokens. (Kept
+byte for byte, the CRLF text gave a frozen-model perplexity 4.8 times the model card's.)
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from locas.data import is_folder_source, load_hub_dataset
+from locas.data import is_dataset_folder, is_folder_source, load_hub_dataset
 from locas.errors import LocasError
 
 DEFAULT_DATASET = "emozilla/pg19"
 """A parquet copy of PG-19: `datasets` 4+ no longer runs the `deepmind/pg19` loading script."""
 
 METADATA_FILENAME = "metadata.csv"
+TEXT_NORMALIZATION = "utf-8, universal newlines (CRLF and CR become LF), as the HF PG-19 builder reads its files"
 _GUTENBERG_NUMBER = re.compile(r"/ebooks/(\d+)")
 
 
@@ -39,20 +44,26 @@ def load_books(
 ) -> list[Book]:
     """Load PG-19 books, in source order, or in the order of `ids` when given; then keep `max_books`.
 
-    `source` is a folder or an HF dataset id. A folder is read as `source/{split}/` when that
-    subfolder exists (the official `train/ validation/ test/` layout), else as `source/` itself;
-    each `{book_id}.txt` is a book, sorted by id. Titles come from `metadata_csv`, or from a
-    `metadata.csv` found in the books folder or its parent (PG-19's own file: no header,
-    `book_id,short_book_title,publication_date,url`). Anything else is an HF dataset id loaded
-    with `datasets.load_dataset(source, split=split)`; sweeps pass `split="validation"`,
-    headline runs `split="test"`.
+    `source` is a folder of `.txt` books, a local dataset folder, or an HF dataset id. A books folder is
+    read as `source/{split}/` when that subfolder exists (the official `train/ validation/ test/`
+    layout), else as `source/` itself; each `{book_id}.txt` is a book, sorted by id. Titles come from
+    `metadata_csv`, or from a `metadata.csv` found in the books folder or its parent (PG-19's own file:
+    no header, `book_id,short_book_title,publication_date,url`). A hub id, or a folder holding a hub
+    dataset's files (e.g. `data/test-00000-of-00001.parquet`), is loaded through `datasets`, the split
+    alone; sweeps pass `split="validation"`, headline runs `split="test"`.
     """
     wanted = None if ids is None else [str(book_id) for book_id in ids]
     if max_books is not None and max_books < 1:
         raise LocasError(f"max_books must be at least 1, got {max_books}")
-    if is_folder_source(source):
-        return _folder_books(Path(source).expanduser(), split, wanted, max_books, metadata_csv)
-    return _dataset_books(str(source), split, wanted, max_books)
+    if not is_folder_source(source):
+        return _dataset_books(str(source), split, wanted, max_books)
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise LocasError(f"PG-19 folder not found: {root} (expected a folder of {{book_id}}.txt files)")
+    folder = root / split if (root / split).is_dir() else root
+    if next(folder.glob("*.txt"), None) is None and is_dataset_folder(root):
+        return _dataset_books(str(root), split, wanted, max_books)
+    return _folder_books(folder, wanted, max_books, metadata_csv)
 
 
 def _select(available: list[str], wanted: list[str] | None, max_books: int | None, where: str) -> list[str]:
@@ -67,20 +78,17 @@ def _select(available: list[str], wanted: list[str] | None, max_books: int | Non
 
 
 def _folder_books(
-    root: Path, split: str, wanted: list[str] | None, max_books: int | None, metadata_csv: str | Path | None
+    folder: Path, wanted: list[str] | None, max_books: int | None, metadata_csv: str | Path | None
 ) -> list[Book]:
-    if not root.is_dir():
-        raise LocasError(f"PG-19 folder not found: {root} (expected a folder of {{book_id}}.txt files)")
-    folder = root / split if (root / split).is_dir() else root
     files = {path.stem: path for path in folder.glob("*.txt")}
     if not files:
-        raise LocasError(f"{folder}: no .txt books in this PG-19 folder")
+        raise LocasError(f"{folder}: no .txt books (and no dataset files) in this PG-19 folder")
     titles = _read_titles(_find_metadata(folder, metadata_csv))
     books = []
     for book_id in _select(sorted(files), wanted, max_books, where=str(folder)):
         path = files[book_id]
         try:
-            text = path.read_bytes().decode("utf-8")
+            text = path.read_text(encoding="utf-8")  # text mode: universal newlines, as the HF builder
         except UnicodeDecodeError as error:
             reason = f"{error.reason} at byte {error.start}"
             raise LocasError(f"{path}: book {book_id} is not UTF-8 text ({reason})") from None
@@ -145,3 +153,44 @@ def _checked(book: Book, where: str) -> Book:
     if not book.text or not book.text.strip():
         raise LocasError(f"{where}: book {book.book_id} is empty")
     return book
+
+
+# --- the dev-set guard: tuning never looks at the test books -----------------------------------------
+
+
+TEST_IDS_FILENAME = "test_split_ids.tsv"  # PG-19's test ids (index, book_id, ...), beside a books folder
+
+
+def refuse_test_books(source, split: str, book_ids=(), allow_test: bool = False) -> None:
+    """Sweeps tune on the dev set: refuse the test split, a folder named test, or books that a nearby
+    `test_split_ids.tsv` lists as test books, unless `allow_test`."""
+    if allow_test:
+        return
+    hint = "sweeps tune on the dev set (--split validation); pass --allow_test to sweep on test books anyway"
+    if str(split).strip().lower() == "test":
+        raise LocasError(f"--split test is PG-19's test split: {hint}")
+    root = Path(str(source)).expanduser()
+    if not root.is_dir():
+        return
+    folder = root / split if (root / split).is_dir() else root
+    if any(p.name.lower() == "test" for p in {root.resolve(), folder.resolve()}):
+        raise LocasError(f"--data {source} is a folder named test: {hint}")
+    ids = {str(b) for b in book_ids}
+    for listing in {folder.resolve() / TEST_IDS_FILENAME, folder.resolve().parent / TEST_IDS_FILENAME}:
+        if ids and listing.is_file():
+            listed = {line.split("\t")[1].strip() for line in listing.read_text(encoding="utf-8").splitlines()[1:]
+                      if line.count("\t") >= 1}
+            hit = sorted(ids & listed)
+            if hit:
+                raise LocasError(f"--data {source}: book(s) {', '.join(hit[:3])} are PG-19 test books "
+                                 f"(listed in {listing}): {hint}")
+
+
+def test_source(dev_source) -> str:
+    """Where the test books are, given the dev books' source: a hub id, a local dataset folder or a folder
+    with a `test/` split folder serves both; a plain folder of dev books says nothing about the test books
+    (the default hub copy then)."""
+    root = Path(str(dev_source)).expanduser()
+    if root.is_dir() and not ((root / "test").is_dir() or is_dataset_folder(root)):
+        return DEFAULT_DATASET
+    return str(dev_source)

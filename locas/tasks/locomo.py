@@ -21,16 +21,17 @@ answer does not fit `config.max_position_embeddings`, the oldest sessions are dr
 (decision, SPEC §7). `answer_context="none"` asks the question alone: the answer comes from the memory.
 Adversarial questions are the official two-way choice; the chosen option's text is the prediction.
 
-Rows (docs/design.md): `kind="qa"`, `task="locomo"`, `method`, `conversation_id`, `question_id`,
+Rows (docs/design.md): `kind="qa"`, `conversation_id`, `question_id`,
 `category`, `question`, `gold` (the answer; for adversarial questions the option the official rule counts
 right, "Not mentioned in the conversation"), `prediction` (as scored), `f1`, `f1_adversarial_report`
 (category 5, else None), `seconds` (the question's share of its generation batch, plus the conversation's
 adaptation time divided over its questions, so a conversation's seconds sum to its cost). A question that
-fails, or that the loader skipped (`load_locomo(strict=False)`), gives a `kind="error"` row instead.
+fails, or that the loader skipped (`load_locomo(strict=False)`), gives a `kind="error"` row instead. One
+`kind="conversation"` row leads: `conversation_id`, `tokens` and `windows` trained on, `seconds` of
+accelerator time the adaptation took, `trainable_params`.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -38,14 +39,14 @@ from typing import Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from locas.adapt import Adapter, Document, chunk_windows
+from locas.adapt import Document, adapted, chunk_windows
 from locas.config import AdaptConfig
 from locas.data.locomo import (ADVERSARIAL, NOT_MENTIONED, QA, Conversation, build_question_prompt,
                                render_conversation, render_session, resolve_choice)
-from locas.errors import LocasError
+from locas.errors import LocasError, error_row
 from locas.metrics import score_qa
 from locas.model import CausalLMWithMemory
-from locas.tasks.mmlu import context_limit, left_pad, length_batches, one_line_error, pad_id_of
+from locas.tasks.batching import context_limit, in_batches, left_pad, pad_id_of
 
 ANSWER_CONTEXTS = ("full", "none")
 CONTEXT_MODES = ("date_split",)
@@ -174,31 +175,30 @@ def generate_answers(model: CausalLMWithMemory, tokenizer, sequences: Sequence[S
     return [text.strip().split("\n")[0].strip() for text in texts]
 
 
-def qa_row(conversation: Conversation, qa: QA, prediction: str, seconds: float, method: str) -> dict:
+def qa_row(conversation: Conversation, qa: QA, prediction: str, seconds: float) -> dict:
     """The `qa` row of one answered question; `prediction` is the text as scored."""
     scores = score_qa(qa.category, prediction, qa.answer, qa.adversarial_answer)
-    return {"kind": "qa", "task": "locomo", "method": method, "conversation_id": conversation.sample_id,
+    return {"kind": "qa", "conversation_id": conversation.sample_id,
             "question_id": qa.question_id, "category": qa.category, "question": qa.question,
             "gold": NOT_MENTIONED if qa.category == ADVERSARIAL else qa.answer, "prediction": prediction,
             "f1": scores["f1"], "f1_adversarial_report": scores["f1_adversarial_report"], "seconds": seconds}
 
 
-def error_row(conversation: Conversation, question_id: str, error, method: str) -> dict:
-    text = error if isinstance(error, str) else one_line_error(error)
-    return {"kind": "error", "task": "locomo", "method": method, "conversation_id": conversation.sample_id,
-            "question_id": question_id, "error": text, "attempts": 1}
+def _question_error(conversation: Conversation, question_id: str, error) -> dict:
+    return error_row(error, conversation_id=conversation.sample_id, question_id=question_id)
 
 
 def answer_questions(model: CausalLMWithMemory, tokenizer, conversation: Conversation,
                      questions: Sequence[QA] | None = None, answer_context: str = "full", max_new_tokens: int = 32,
-                     seed: int = 0, method: str = "none", batch_size: int = 16, max_batch_tokens: int = 16384,
-                     max_context: int | None = None) -> list[dict]:
+                     seed: int = 0, batch_size: int = 16, max_batch_tokens: int = 16384,
+                     max_context: int | None = None, progress=None) -> list[dict]:
     """Answer and score `questions` (all of the conversation's by default) with the model as it is now:
     call it inside a method's forward context (or `model.use_memory(memory)`) to answer with that state.
 
     Questions are generated in batches of similar length (at most `batch_size` prompts and
     `max_batch_tokens` padded tokens); a batch that fails is retried question by question, and a question
-    that still fails becomes an `error` row. `max_context` overrides `config.max_position_embeddings`."""
+    that still fails becomes an `error` row. `max_context` overrides `config.max_position_embeddings`.
+    `progress` (a tqdm-like class) shows the questions answered."""
     if answer_context not in ANSWER_CONTEXTS:
         raise LocasError(f"unknown answer_context {answer_context!r}: choose one of {', '.join(ANSWER_CONTEXTS)}")
     questions = conversation.qa if questions is None else questions
@@ -211,35 +211,25 @@ def answer_questions(model: CausalLMWithMemory, tokenizer, conversation: Convers
         try:
             prompts.append((index, builder.build(qa)))
         except Exception as error:  # noqa: BLE001 - one bad question must not stop the others
-            rows[index] = error_row(conversation, qa.question_id, error, method)
-
-    def finish(index: int, prompt: _Prompt, answer: str, seconds: float) -> None:
+            rows[index] = _question_error(conversation, qa.question_id, error)
+    bar = progress(total=len(questions), desc=f"{conversation.sample_id} questions", unit="question") \
+        if progress else None
+    answered = in_batches(prompts, [len(p.ids) for _, p in prompts],
+                          lambda batch: generate_answers(model, tokenizer, [p.ids for _, p in batch], max_new_tokens),
+                          batch_size, max_batch_tokens)
+    for j, answer, seconds in answered:
+        index, prompt = prompts[j]
         try:
+            if isinstance(answer, Exception):
+                raise answer
             prediction = resolve_choice(answer, prompt.options)
-            rows[index] = qa_row(conversation, prompt.qa, prediction, prompt.seconds + seconds, method)
+            rows[index] = qa_row(conversation, prompt.qa, prediction, prompt.seconds + seconds)
         except Exception as error:  # noqa: BLE001
-            rows[index] = error_row(conversation, prompt.qa.question_id, error, method)
-
-    for batch in length_batches([len(p.ids) for _, p in prompts], batch_size, max_batch_tokens):
-        chosen = [prompts[i] for i in batch]
-        started = time.perf_counter()
-        try:
-            answers = generate_answers(model, tokenizer, [p.ids for _, p in chosen], max_new_tokens)
-        except Exception:  # noqa: BLE001 - find the failing question(s), answer the rest
-            answers = None
-        if answers is not None:
-            seconds = (time.perf_counter() - started) / len(chosen)
-            for (index, prompt), answer in zip(chosen, answers):
-                finish(index, prompt, answer, seconds)
-            continue
-        for index, prompt in chosen:
-            started = time.perf_counter()
-            try:
-                answer = generate_answers(model, tokenizer, [prompt.ids], max_new_tokens)[0]
-            except Exception as error:  # noqa: BLE001
-                rows[index] = error_row(conversation, prompt.qa.question_id, error, method)
-                continue
-            finish(index, prompt, answer, time.perf_counter() - started)
+            rows[index] = _question_error(conversation, prompt.qa.question_id, error)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return [rows[index] for index in sorted(rows)]
 
 
@@ -248,37 +238,37 @@ def answer_questions(model: CausalLMWithMemory, tokenizer, conversation: Convers
 
 def run_locomo_conversation(model: CausalLMWithMemory, tokenizer, conversation: Conversation, cfg: AdaptConfig,
                             answer_context: str = "full", context_mode: str = "date_split",
-                            max_new_tokens: int = 32, seed: int = 0, *, batch_size: int = 16,
-                            max_batch_tokens: int = 16384, max_context: int | None = None) -> list[dict]:
-    """One conversation: adapt chunk by chunk (`date_split`), then answer every question with the adapted
-    state. One `qa` row per question, plus an `error` row per question that failed or that the loader
-    skipped. `seed` orders the adversarial options. A non-finite training loss fails the unit (LocasError)."""
-    from locas.methods import make_method
-
+                            max_new_tokens: int = 32, seed: int = 0, *, max_questions: int | None = None,
+                            batch_size: int = 16, max_batch_tokens: int = 16384, max_context: int | None = None,
+                            progress=None) -> list[dict]:
+    """One conversation: adapt chunk by chunk (`date_split`), then answer its questions (the first
+    `max_questions`, or all) with the adapted state. One `qa` row per question, plus an `error` row per
+    question that failed or that the loader skipped. `seed` orders the adversarial options. A non-finite
+    training loss fails the unit (LocasError). `progress` (a tqdm-like class) shows the sessions trained
+    on, then the questions answered."""
     if context_mode not in CONTEXT_MODES:
         raise LocasError(f"unknown context_mode {context_mode!r}: choose one of {', '.join(CONTEXT_MODES)}")
     if answer_context not in ANSWER_CONTEXTS:
         raise LocasError(f"unknown answer_context {answer_context!r}: choose one of {', '.join(ANSWER_CONTEXTS)}")
+    if max_questions is not None and max_questions < 1:
+        raise LocasError(f"max_questions={max_questions} must be at least 1")
     cfg = locomo_config(cfg)
-    started = time.perf_counter()
+    limit = float("inf") if max_questions is None else max_questions
+    questions = [qa for qa in conversation.qa if _question_index(qa.question_id) < limit]
+    skipped = [item for item in conversation.skipped if _question_index(item.question_id) < limit]
     doc = conversation_document(tokenizer, conversation, cfg)
-    method = make_method(model, cfg)
-    rows: list[dict] = []
-    with contextlib.closing(Adapter(model, method, cfg).run([doc])) as results:
-        for result in results:  # the method's state in result.slot is this conversation's while we are here
-            if result.error:
-                raise LocasError(f"conversation {conversation.sample_id}: adaptation failed ({result.error})")
-            adapt_seconds = time.perf_counter() - started
-            with torch.no_grad(), method.forward_context(torch.tensor([result.slot], device=model.device)):
-                rows = answer_questions(model, tokenizer, conversation, conversation.qa, answer_context,
-                                        max_new_tokens, seed, cfg.method, batch_size, max_batch_tokens, max_context)
-            share = adapt_seconds / max(1, sum(row["kind"] == "qa" for row in rows))
-            for row in rows:
-                if row["kind"] == "qa":
-                    row["seconds"] += share
-    rows += [error_row(conversation, skipped.question_id, skipped.error, cfg.method)
-             for skipped in conversation.skipped]
-    return sorted(rows, key=lambda row: _question_index(row["question_id"]))
+    with adapted(model, doc, cfg, progress=progress, desc=f"{conversation.sample_id} sessions") as (result, _):
+        rows = answer_questions(model, tokenizer, conversation, questions, answer_context, max_new_tokens, seed,
+                                batch_size, max_batch_tokens, max_context, progress)
+    share = result.seconds / max(1, sum(row["kind"] == "qa" for row in rows))
+    for row in rows:
+        if row["kind"] == "qa":
+            row["seconds"] += share
+    rows += [_question_error(conversation, item.question_id, item.error) for item in skipped]
+    adaptation = {"kind": "conversation", "conversation_id": conversation.sample_id, "tokens": len(doc.tokens),
+                  "windows": len(result.windows), "seconds": result.seconds,
+                  "trainable_params": result.trainable_params}
+    return [adaptation] + sorted(rows, key=lambda row: _question_index(row["question_id"]))
 
 
 def _question_index(question_id: str) -> int:

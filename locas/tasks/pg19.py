@@ -1,4 +1,4 @@
-"""PG-19 online adaptation (SPEC §6): a book in, per-window rows and a per-book summary row out."""
+"""PG-19 online adaptation (SPEC §6, docs/protocols.md): a book in, per-window rows and a book row out."""
 from __future__ import annotations
 
 import math
@@ -6,17 +6,29 @@ from typing import Iterable, Iterator
 
 import torch
 
-from locas.adapt import Document, DocumentResult, adapt_documents, sliding_windows
+from locas.adapt import Document, DocumentResult, WindowResult, adapt_documents, sliding_windows
 from locas.config import AdaptConfig
 from locas.data.pg19 import Book
-from locas.errors import LocasError
-from locas.metrics import book_summary
+from locas.errors import LocasError, error_row
 from locas.model import CausalLMWithMemory
+
+CUT_EVERY = 50_000
+"""Window NLL sums are also kept split at every multiple of this position, so PPL@N (N a multiple) counts
+exactly the scored tokens before N even when a window straddles N (docs/protocols.md)."""
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer starts a text with its BOS by default (Llama-style; Qwen3 adds none)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
 
 
 def book_tokens(tokenizer, book: Book, max_tokens: int | None = None) -> torch.Tensor:
-    """The whole book tokenized without special tokens (Qwen3 adds no BOS), optionally truncated."""
+    """The whole book's tokens, led by the BOS where the tokenizer adds one (never scored: the first token
+    of a book has nothing before it), optionally truncated."""
     ids = tokenizer(book.text, add_special_tokens=False).input_ids
+    if adds_bos(tokenizer):
+        ids = [tokenizer.bos_token_id] + ids
     if max_tokens is not None:
         ids = ids[:max_tokens]
     if len(ids) < 2:
@@ -29,18 +41,26 @@ def book_document(tokenizer, book: Book, cfg: AdaptConfig) -> Document:
     return Document(book.book_id, tokens, sliding_windows(len(tokens), cfg.window_size, cfg.overlap))
 
 
-def book_rows(result: DocumentResult, book: Book, cfg: AdaptConfig) -> list[dict]:
-    """Per-window rows and one `book` row (tokens, PPL, PPL@N, seconds, trainable parameters, error)."""
-    common = {"task": "pg19", "method": cfg.method, "book_id": book.book_id}
-    windows = [{"kind": "window", **common, "window": w.window, "start": w.start, "scored_tokens": w.scored_tokens,
-                "nll_sum": w.nll_sum, "train_loss": w.train_loss, "seconds": w.seconds} for w in result.windows]
+def window_cuts(token_nll: torch.Tensor, window: WindowResult, every: int = CUT_EVERY) -> list[list]:
+    """[[N, NLL sum of the window's scored tokens before N], ...] for each multiple N of `every` strictly
+    inside the window's scored positions [start, start + scored_tokens); token_nll[p − 1] is token p's."""
+    first = (window.start // every + 1) * every
+    return [[n, float(token_nll[window.start - 1:n - 1].double().sum())]
+            for n in range(first, window.start + window.scored_tokens, every)]
+
+
+def book_rows(result: DocumentResult, book: Book) -> list[dict]:
+    """Per-window rows and one `book` row (docs/design.md). `seconds` are accelerator time: a window's is
+    its share of the batched step, a book's is its memorize plus its windows'."""
+    windows = [{"kind": "window", "book_id": book.book_id, "window": w.window, "start": w.start,
+                "scored_tokens": w.scored_tokens, "nll_sum": w.nll_sum, "cuts": window_cuts(result.token_nll, w),
+                "train_loss": w.train_loss, "seconds": w.seconds} for w in result.windows]
     scored, nll = result.scored_tokens, result.nll_sum
-    summary = {k: v for k, v in book_summary(windows).items() if k != "ppl"}
-    book_row = {"kind": "book", **common, "title": book.title, "tokens": len(result.doc.tokens),
+    book_row = {"kind": "book", "book_id": book.book_id, "title": book.title, "tokens": len(result.doc.tokens),
                 "scored_tokens": scored, "nll_sum": nll,
                 "ppl": math.exp(nll / scored) if scored and math.isfinite(nll) else None,
-                "seconds": result.seconds, "trainable_params": result.trainable_params,
-                "error": result.error, **summary}
+                "seconds": result.seconds, "memorize_seconds": result.memorize_seconds,
+                "trainable_params": result.trainable_params, "error": result.error}
     return windows + [book_row]
 
 
@@ -54,13 +74,12 @@ def run_pg19_books(model: CausalLMWithMemory, tokenizer, books: Iterable[Book], 
         try:
             documents.append(book_document(tokenizer, book, cfg))
         except LocasError as e:
-            yield book, [{"kind": "error", "task": "pg19", "method": cfg.method, "book_id": book.book_id,
-                          "error": str(e)}]
+            yield book, [error_row(e, book_id=book.book_id)]
             continue
         by_id[book.book_id] = book
     for result in adapt_documents(model, documents, cfg, batch_size):
         book = by_id.pop(result.doc.doc_id)
-        yield book, book_rows(result, book, cfg)
+        yield book, book_rows(result, book)
 
 
 def run_pg19_book(model: CausalLMWithMemory, tokenizer, book: Book, cfg: AdaptConfig) -> list[dict]:
