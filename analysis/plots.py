@@ -20,8 +20,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.load import KEYS
-from analysis.tables import (ADVERSARIAL_REPORT, BOOK, BUCKET_WIDTH, CATEGORIES, _keys, _pg19, book_tokens, completed,
-                             locomo_long, segments, sweep_table)
+from analysis.tables import (
+    ADVERSARIAL_REPORT,
+    BOOK,
+    BUCKET_WIDTH,
+    CATEGORIES,
+    book_tokens,
+    completed,
+    locomo_long,
+    segments,
+    sweep_table,
+)
+from analysis.tables.common import pg19_frames, with_keys
 
 
 def _save(figure: Figure, path: str | Path | None) -> Figure:
@@ -47,7 +57,7 @@ def plot_ppl_by_position(data, books: pd.DataFrame | None = None, *, width: int 
     """Pooled PPL of the scored tokens in each [k·width, (k+1)·width) of the completed books, per method,
     against the bucket's middle (in K tokens); exact when `width` divides 50,000 (where rows are cut).
     `reaching=N` keeps the books with >= N tokens, so every point of a line averages the same books."""
-    windows, books = _pg19(data, books)
+    windows, books = pg19_frames(data, books)
     windows, _ = completed(windows, books)
     windows = windows.merge(book_tokens(windows, books).rename(columns={"tokens": "_book_tokens"}),
                             on=KEYS + [BOOK], how="left")
@@ -72,7 +82,7 @@ def plot_ppl_by_position(data, books: pd.DataFrame | None = None, *, width: int 
 
 def plot_locomo_f1(data, *, path=None) -> Figure:
     """Grouped bars: F1 × 100 per LoCoMo category (and the report's adversarial rule), one bar per method."""
-    qa, _ = _keys(getattr(data, "qa", data))
+    qa, _ = with_keys(getattr(data, "qa", data))
     long = locomo_long(qa.assign(_label=_labels(qa)), by=["_label"])
     names = [n for n in [*CATEGORIES.values(), ADVERSARIAL_REPORT] if n in set(long["name"])]
     labels = sorted(long["_label"].unique())

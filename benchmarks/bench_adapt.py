@@ -1,7 +1,7 @@
 """Adaptation speed, as ratios measured in one run on one device (issue 8).
 
-    python benchmarks/bench_adapt.py --preset tiny --window 256               # CPU, seconds
-    python benchmarks/bench_adapt.py --preset qwen3-1.7b --device cuda --dtype bfloat16 --window 2048 \
+    python -m benchmarks.bench_adapt --preset tiny --window 256               # CPU, seconds
+    python -m benchmarks.bench_adapt --preset qwen3-1.7b --device cuda --dtype bfloat16 --window 2048 \
         --batch 8 [--compile]                                                   # the H100 targets
 
 Prints: locas step / base forward; memory branch / frozen MLP (fwd + bwd); memorize / one forward;
@@ -20,7 +20,8 @@ from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
 
 from benchmarks.common import PRESETS, build_model, device_name, sync, synthetic_tokens, timed
-from locas.adapt import Adapter, Document, _Batch, _Slot, sliding_windows
+from locas.adapt import Adapter, Slot, WindowBatch
+from locas.documents import Document, sliding_windows
 from locas.config import AdaptConfig
 from locas.memory import memory_branch
 from locas.methods import make_method
@@ -95,9 +96,8 @@ def main(argv=None):
     method.start(1)
     method.reset(0, one)
     doc = Document("d", tokens[:W], [sliding_windows(W, W, 1)[0]])
-    batch = _Batch([_Slot(doc, None)], W, device)
-    slots = torch.tensor([0], device=device)
-    locas_step = timed(lambda: adapter.step_window(batch, slots, [doc]), device)
+    batch = WindowBatch([Slot(0, doc, None, 0, device)], W, device)
+    locas_step = timed(lambda: adapter.step_window(batch), device)
     memorize = timed(lambda: model.memorize(one, keep_top=args.r), device)
     figures["locas_step_over_base_forward"] = locas_step / base_forward
     figures["memorize_over_forward"] = memorize / base_forward

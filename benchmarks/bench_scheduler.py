@@ -1,6 +1,6 @@
 """Scheduler efficiency on a local Ray: makespan against its lower bound, and per-unit dispatch overhead.
 
-    python benchmarks/bench_scheduler.py --units 60 --workers 2
+    python -m benchmarks.bench_scheduler --units 60 --workers 2
 
 Units sleep in proportion to their size; sizes follow the PG-19 test books' lengths (the books in
 ../shared/data/pg19/books, resampled with jitter; a log-normal fit of PG-19 lengths when that is absent).
@@ -29,9 +29,10 @@ def book_sizes(count: int, seed: int = 0) -> list[int]:
     return [int(rng.lognormvariate(13.0, 0.6)) for _ in range(count)]  # ~440 KB median, as PG-19
 
 
-def sleeping_runner(model, unit):
-    time.sleep(unit.payload["seconds"])
-    return [{"kind": "bench", "seconds": unit.payload["seconds"]}]
+def sleeping_runner(model, units, slots, progress):
+    for unit in units:
+        time.sleep(unit.payload["seconds"])
+        yield unit.unit_id, [{"kind": "bench", "seconds": unit.payload["seconds"]}]
 
 
 def fake_loader(spec):
@@ -39,7 +40,8 @@ def fake_loader(spec):
 
 
 def run(units, workers, output):
-    from orchestration.scheduler import run_units
+    from locas.config import ModelSpec
+    from orchestration.scheduler import Scheduler
     from orchestration.store import RunStore
     from orchestration.worker import remote_worker_class
 
@@ -47,10 +49,10 @@ def run(units, workers, output):
     actor = remote_worker_class(0)
 
     def make_worker():
-        return actor.remote({"model": "none", "device": "cpu"}, {"bench": sleeping_runner}, fake_loader)
+        return actor.remote(ModelSpec(model="none", device="cpu"), {"bench": sleeping_runner}, fake_loader)
 
     start = time.perf_counter()
-    run_units(units, make_worker, store, num_workers=workers, progress=False)
+    Scheduler(make_worker, store, num_workers=workers).run(units)
     return time.perf_counter() - start
 
 
@@ -64,7 +66,7 @@ def main(argv=None):
 
     import ray
 
-    from orchestration.scheduler import Unit
+    from orchestration.units import Unit
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)

@@ -49,8 +49,14 @@ def build_tiny_checkpoint(path, arch: str = "qwen3", hidden_size: int = 64, inte
                           num_layers: int = 2, seed: int = 0, with_tokenizer: bool = True) -> Path:
     """Save a randomly initialised causal LM (qwen3, qwen2 or llama) and, optionally, its tokenizer."""
     import torch
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     families = {"qwen3": (Qwen3Config, Qwen3ForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
                 "llama": (LlamaConfig, LlamaForCausalLM)}

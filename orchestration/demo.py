@@ -11,7 +11,12 @@ DEMO_BOOKS = 3
 
 def demo_inputs(root: Path) -> dict[str, Path]:
     """The tiny checkpoint and one small dataset per task under `root` (made once, then reused)."""
-    from locas.tiny import build_tiny_checkpoint, sample_conversation, sample_questions, sample_text
+    from locas.tiny import (
+        build_tiny_checkpoint,
+        sample_conversation,
+        sample_questions,
+        sample_text,
+    )
 
     model, books = root / "model", root / "books"
     if not (model / "config.json").is_file():

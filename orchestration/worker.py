@@ -20,12 +20,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import time
 import traceback
 from typing import Callable, Iterator
 
 from locas.config import ModelSpec
-from locas.errors import LocasError, error_row, one_line
+from locas.errors import LocasError, error_row
 from orchestration.units import Unit, row_keys
 
 

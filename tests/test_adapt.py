@@ -4,12 +4,13 @@ import time
 
 import pytest
 import torch
-
 from conftest import PG19_BOOKS, require
+
 from locas import losses
-from locas.adapt import Adapter, sliding_windows
+from locas.adapt import Adapter
 from locas.config import AdaptConfig
 from locas.data.pg19 import Book
+from locas.documents import sliding_windows
 from locas.errors import LocasError
 from locas.methods import make_method
 from locas.optim import SlotAdamW
@@ -280,10 +281,10 @@ def test_a_tokenizer_that_adds_a_bos_starts_the_book_with_it_unscored(tiny_model
 
 
 def test_window_rows_keep_their_nll_split_at_every_50k(tiny_model, tokenizer, monkeypatch):
-    """The cut a window carries is the sum of its tokens' NLL before the cut (here every 100 positions)."""
+    """The cut a window carries is the sum of its tokens' NLL before the cut (here every 50 positions)."""
     import locas.tasks.pg19 as pg19_task
 
-    monkeypatch.setattr(pg19_task, "CUT_EVERY", 100)
+    monkeypatch.setattr(pg19_task, "CUT_EVERY", 50)
     c = cfg(method="none")
     doc = book_document(tokenizer, book(words=150), c)
     rows = run_pg19_book(tiny_model, tokenizer, book(words=150), c)[:-1]
@@ -291,7 +292,7 @@ def test_window_rows_keep_their_nll_split_at_every_50k(tiny_model, tokenizer, mo
     assert len(straddling) >= 3
     for r in rows:
         end = r["start"] + r["scored_tokens"]
-        assert [cut[0] for cut in r["cuts"]] == [n for n in range(100, end, 100) if r["start"] < n]
+        assert [cut[0] for cut in r["cuts"]] == [n for n in range(50, end, 50) if r["start"] < n]
     for r in straddling:
         w = doc.windows[r["window"]]
         with torch.no_grad():  # by hand: the window's own forward, its scored tokens before the cut
@@ -322,6 +323,7 @@ def test_memory_width_larger_than_the_mlp_is_refused(tiny_model, tokenizer):
         run_pg19_book(tiny_model, tokenizer, book(), cfg(memory_width=999))
 
 
+@pytest.mark.slow
 def test_real_model_locas_beats_none_on_a_pg19_book(tinylm_path):
     from transformers import AutoTokenizer
 

@@ -1,7 +1,6 @@
 """analysis/: the run-store reader and every aggregate against hand computations (SPEC §6-8)."""
 import json
 import math
-import sys
 
 import numpy as np
 import pandas as pd

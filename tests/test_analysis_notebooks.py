@@ -3,7 +3,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from test_analysis import QA, grid, mmlu_rows, pg19_rows, qa_rows, sweep_trials, write_run

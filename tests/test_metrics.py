@@ -1,7 +1,6 @@
 """Per-answer LoCoMo scores against hand computations (the arithmetic is in the comments). The rules that
 turn rows into figures are tested in test_analysis.py."""
 
-import math
 
 import pytest
 

@@ -268,6 +268,7 @@ def test_other_gated_families(arch, tmp_path):
         assert (model.to_dense(memory)(x).logits - expected).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_real_model_memorize_and_one_ntp_step_lowers_nll(tinylm_path):
     from transformers import AutoTokenizer
 

@@ -6,9 +6,10 @@ from typing import Iterable, Iterator
 
 import torch
 
-from locas.adapt import Document, DocumentResult, WindowResult, adapt_documents, sliding_windows
+from locas.adapt import adapt_documents
 from locas.config import AdaptConfig
 from locas.data.pg19 import Book
+from locas.documents import Document, DocumentResult, WindowResult, sliding_windows
 from locas.errors import LocasError, error_row
 from locas.model import CausalLMWithMemory
 
@@ -41,12 +42,12 @@ def book_document(tokenizer, book: Book, cfg: AdaptConfig) -> Document:
     return Document(book.book_id, tokens, sliding_windows(len(tokens), cfg.window_size, cfg.overlap))
 
 
-def window_cuts(token_nll: torch.Tensor, window: WindowResult, every: int = CUT_EVERY) -> list[list]:
-    """[[N, NLL sum of the window's scored tokens before N], ...] for each multiple N of `every` strictly
+def window_cuts(token_nll: torch.Tensor, window: WindowResult) -> list[list]:
+    """[[N, NLL sum of the window's scored tokens before N], ...] for each multiple N of CUT_EVERY strictly
     inside the window's scored positions [start, start + scored_tokens); token_nll[p − 1] is token p's."""
-    first = (window.start // every + 1) * every
+    first = (window.start // CUT_EVERY + 1) * CUT_EVERY
     return [[n, float(token_nll[window.start - 1:n - 1].double().sum())]
-            for n in range(first, window.start + window.scored_tokens, every)]
+            for n in range(first, window.start + window.scored_tokens, CUT_EVERY)]
 
 
 def book_rows(result: DocumentResult, book: Book) -> list[dict]:

@@ -1,0 +1,56 @@
+"""The rules that turn rows into figures, in one place (docs/protocols.md): the run summaries
+(`summary.json`), the notebooks and any pandas session all call these. pandas and numpy only.
+
+Every function takes what `analysis.load.load_runs` returns (`tables.pg19_table(runs)`) or the frames
+themselves. Groups are `by = ["run", "method", "config_id"]` unless told otherwise.
+
+PG-19. A window row scores positions [start, start + scored_tokens) and keeps its NLL sum split at every
+multiple of 50,000 inside them (`cuts`), so every figure below counts exactly the tokens it names:
+- PPL@N = exp(Σ NLL / Σ scored tokens) over the scored tokens among each book's first N tokens, pooled
+  over the books (token-weighted). `ppl@N` pools every book (a shorter book gives all its tokens);
+  `ppl@N_reaching` only the books with at least N tokens (`reach@N` of them): every position up to N then
+  counts the same books. The paper-style headline is `ppl@N_reaching`. `mean_book_ppl@N` is the plain mean
+  of those books' own PPL@N.
+- bucket@N: pooled PPL over the positions [N − 50K, N): how well the model does at that depth.
+- templora_ppl: Σ scored_i · exp(nll_i / scored_i) / Σ scored_i over whole windows (those whose first scored
+  token is before N, for @N): the token-weighted mean of per-window perplexities that TempLoRA-style tables
+  report. It is always at least the pooled PPL (Jensen): compare it only with tables that use it.
+- A book that stopped with an error is left out of every pooled figure and delta, and counted (`stopped`).
+  A window without an NLL in a book that did not stop makes its book count as stopped too, with a warning.
+- Comparisons (deltas, relative cost) pair runs on the same model, dtype, data, split, max_tokens and
+  windows only; per book they also need the identical window grid.
+"""
+
+from analysis.tables.answers import (
+                                     ADVERSARIAL_REPORT,
+                                     CATEGORIES,
+                                     locomo_long,
+                                     locomo_summary,
+                                     locomo_table,
+                                     mmlu_summary,
+                                     mmlu_table,
+)
+from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS, pooled_ppl
+from analysis.tables.comparisons import (
+                                     book_deltas,
+                                     cost_table,
+                                     delta_table,
+                                     paired_bootstrap,
+)
+from analysis.tables.pg19 import (
+                                     book_ppl,
+                                     book_tokens,
+                                     completed,
+                                     pg19_summary,
+                                     pg19_table,
+                                     pg19_view,
+                                     segments,
+                                     stopped_books,
+)
+from analysis.tables.sweeps import best_trial, sweep_config_columns, sweep_table
+
+__all__ = ["ADVERSARIAL_REPORT", "BOOK", "BUCKET_WIDTH", "CATEGORIES", "PPL_AT", "SETTINGS", "best_trial",
+           "book_deltas", "book_ppl", "book_tokens", "completed", "cost_table", "delta_table", "locomo_long",
+           "locomo_summary", "locomo_table", "mmlu_summary", "mmlu_table", "paired_bootstrap", "pg19_summary",
+           "pg19_table", "pg19_view", "pooled_ppl", "segments", "stopped_books", "sweep_config_columns",
+           "sweep_table"]

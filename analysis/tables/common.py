@@ -1,0 +1,60 @@
+"""What the tables share: the keys, grouping that also works for a single group, and JSON-able numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import KEYS, Runs
+
+PPL_AT = (50_000, 100_000, 150_000, 200_000)
+BUCKET_WIDTH = 50_000
+BOOK = "book_id"
+SETTINGS = ["cfg_model_model", "cfg_model_dtype", "cfg_options_data", "cfg_options_split", "cfg_adapt_max_tokens",
+            "cfg_adapt_window_size", "cfg_adapt_overlap"]
+"""What two runs must share to be compared (the manifest's config, flattened by analysis.load)."""
+
+
+def pg19_frames(data, books: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(windows, books) of a `Runs`, or the frames given."""
+    return (data.windows, data.books) if isinstance(data, Runs) else (data, books)
+
+
+def with_keys(frame: pd.DataFrame, by=None) -> tuple[pd.DataFrame, list[str]]:
+    """The frame with every key column present (missing ones as None), and the grouping columns."""
+    by = list(KEYS if by is None else [by] if isinstance(by, str) else by)
+    missing = [k for k in dict.fromkeys(KEYS + by) if k not in frame.columns]
+    if missing:
+        frame = frame.assign(**{k: None for k in missing})
+    return frame, by
+
+
+def grouped(frame: pd.DataFrame, by: list[str]):
+    """groupby that also works for no grouping at all (one group of everything)."""
+    return frame.assign(_all=0).groupby(by or ["_all"], dropna=False)
+
+
+def exp_ratio(nll, tokens):
+    return np.exp(nll / tokens.where(tokens > 0))
+
+
+def pooled_ppl(nll_sum: float, scored_tokens: float) -> float:
+    """exp(Σ NLL / Σ scored tokens); NaN when nothing is scored."""
+    return math.exp(nll_sum / scored_tokens) if scored_tokens else math.nan
+
+
+
+def merge(table: pd.DataFrame, part: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Columns of `part` beside `table`'s rows (by the group columns; side by side for a single group)."""
+    if not by:
+        return pd.concat([table.reset_index(drop=True), part.reset_index(drop=True)], axis=1)
+    return table.merge(part, on=by, how="left")
+
+
+def number(value, whole: bool = False):
+    """A JSON-able number (an int where `whole`, or where it is one already); NaN and missing become None."""
+    if value is None or pd.isna(value):
+        return None
+    return float(value) if isinstance(value, (float, np.floating)) and not whole else int(value)

@@ -1,0 +1,82 @@
+"""A document as the online loop sees it: its tokens cut into windows, and what adapting to it gives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from locas.errors import LocasError
+
+
+@dataclass(frozen=True)
+class Window:
+    """Tokens [start, end) of a document; the targets [scored_from, end) are scored (the rest is context)."""
+
+    start: int
+    end: int
+    scored_from: int
+
+
+@dataclass
+class Document:
+    doc_id: str
+    tokens: torch.Tensor  # (N,) token ids on the CPU
+    windows: list[Window]
+
+
+@dataclass
+class WindowResult:
+    window: int
+    start: int  # position of the first scored token
+    scored_tokens: int
+    nll_sum: float
+    train_loss: float | None
+    seconds: float  # this document's share of the window step: its time / the documents that shared it
+
+
+@dataclass
+class DocumentResult:
+    """A finished document. While it is being handled, the method's state in `slot` is still its state."""
+
+    doc: Document
+    slot: int
+    windows: list[WindowResult] = field(default_factory=list)
+    token_nll: torch.Tensor | None = None  # (N−1,) float32 CPU: the NLL of token p at p−1, of scored windows
+    error: str | None = None
+    memorize_seconds: float = 0.0
+    trainable_params: int = 0
+
+    @property
+    def scored_tokens(self) -> int:
+        return sum(w.scored_tokens for w in self.windows)
+
+    @property
+    def nll_sum(self) -> float:
+        return sum(w.nll_sum for w in self.windows)
+
+    @property
+    def seconds(self) -> float:
+        """Accelerator time of this document: its memorize plus its share of every window step."""
+        return self.memorize_seconds + sum(w.seconds for w in self.windows)
+
+
+def sliding_windows(num_tokens: int, window_size: int, overlap: int) -> list[Window]:
+    """Windows of `window_size` sharing `overlap` context tokens: every token but the first is scored once."""
+    if num_tokens < 2:
+        raise LocasError(f"a document of {num_tokens} token(s) is too short: at least 2 are needed to score one")
+    windows, start, stride = [Window(0, min(window_size, num_tokens), 1)], 0, window_size - overlap
+    while windows[-1].end < num_tokens:
+        start += stride
+        windows.append(Window(start, min(start + window_size, num_tokens), start + overlap))
+    return windows
+
+
+def chunk_windows(chunk_bounds: list[tuple[int, int]], window_size: int) -> list[Window]:
+    """One window per chunk (a LoCoMo session), a chunk longer than a window cut into windows."""
+    windows = []
+    for lo, hi in chunk_bounds:
+        for start in range(lo, hi, window_size):
+            end = min(start + window_size, hi)
+            if end - start >= 2:
+                windows.append(Window(start, end, start + 1))
+    return windows
