@@ -144,8 +144,9 @@ def execute(plan: Plan, units: list, config: dict, run_id: str):
                           progress=progress)
     counts = scheduler.run(units)
     print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished")
-    workers = {(r.get("node"), r.get("device")) for r in store.rows() if r.get("node")}
-    store.update_manifest(workers=[{"node": n, "device": d} for n, d in sorted(workers, key=str)])
+    known = {(w["node"], w["device"]) for w in store.manifest.get("workers", [])}  # earlier runs of this folder
+    workers = sorted(known | scheduler.workers, key=str)
+    store.update_manifest(workers=[{"node": n, "device": d} for n, d in workers])
     return store
 
 

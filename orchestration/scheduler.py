@@ -10,6 +10,9 @@
   earlier could not join the running batch anyway.
 - A unit that raises inside the worker comes back as an error row (made by the worker); its ledger status
   is "failed" and the rest go on.
+- Actors start as soon as they are made but only receive units once they are up (placed on a node, which on
+  an autoscaling cluster may first have to be launched): work starts on the first actor that comes up and
+  the others join as they arrive.
 - An actor that dies (process crash, OOM, node loss) is killed for good and replaced via `make_worker()`.
   The units of the call it was running are charged an attempt and retried alone (so an innocent unit
   that shared the batch with the culprit gets a clean attempt), at most `max_attempts` attempts in all,
@@ -49,6 +52,7 @@ class _Call:
 class _Actor:
     handle: object
     free: int
+    up: object  # the ref of its `info()` call: resolved once the actor runs (then set to True)
     calls: list = field(default_factory=list)  # in submission order = execution order
 
 
@@ -73,9 +77,11 @@ class Scheduler:
         self.order = itertools.count()
         self.actors: list[_Actor] = []
         self.by_gen: dict = {}  # generator → (actor, call)
+        self.starting: dict = {}  # info ref → actor not up yet
         self.created: list = []  # every handle made here, killed at the end
         self.counts: dict = {}
         self.remaining = 0
+        self.workers: set = set()  # (node, device) of every actor that answered a unit
 
     # ---- queue and dispatch ---------------------------------------------------------------------------
     def _push(self, job: _Job) -> None:
@@ -101,16 +107,17 @@ class Scheduler:
             self.by_gen[gen] = (actor, call)
 
     def _add_actors(self) -> None:
-        """Fill idle live actors, then start actors (up to num_workers) for what is left."""
+        """Fill idle actors that are up, then start actors (up to num_workers) for what is left."""
         for actor in self.actors:
-            if actor.free == self.slots:
+            if actor.up is True and actor.free == self.slots:
                 self._submit(actor)
         in_flight = sum(len(c.jobs) for a in self.actors for c in a.calls)
         while len(self.actors) < min(self.num_workers, len(self.pending) + in_flight) and self.pending:
             handle = self.make_worker()
             self.created.append(handle)
-            self.actors.append(_Actor(handle, self.slots))
-            self._submit(self.actors[-1])
+            actor = _Actor(handle, self.slots, handle.info.remote())
+            self.actors.append(actor)
+            self.starting[actor.up] = actor
 
     # ---- results ----------------------------------------------------------------------------------------
     def _record(self, unit: Unit, rows: list, status: str, attempt: int) -> None:
@@ -133,6 +140,8 @@ class Scheduler:
         if job is None:
             raise RuntimeError(f"worker returned unit {unit_id!r} it was not given")
         status = "failed" if any(r.get("kind") == "error" for r in rows) else "done"
+        if rows:
+            self.workers.add((rows[0].get("node"), rows[0].get("device")))
         self._record(job.unit, rows, status, job.attempt)
         actor.free += 1
         if actor.free == self.slots:  # the whole call is back: refill it with a full batch
@@ -144,6 +153,7 @@ class Scheduler:
 
         for call in actor.calls:
             self.by_gen.pop(call.gen, None)
+        self.starting.pop(actor.up, None)
         self.actors.remove(actor)
         try:
             ray.kill(actor.handle, no_restart=True)
@@ -175,15 +185,35 @@ class Scheduler:
         return LocasError(f"a worker failed outside any unit, stopping the run: {one_line(cause, 500)}")
 
     # ---- the loop ---------------------------------------------------------------------------------------
+    def _started(self, ref) -> None:
+        """An actor came up (its `info()` answered): give it work; or it could not be created at all."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        actor = self.starting.pop(ref)
+        try:
+            ray.get(ref)
+        except RayActorError as e:
+            if e.actor_init_failed:
+                raise self._fatal(e) from None
+            self._death(actor, e)
+            self._add_actors()
+            return
+        actor.up = True
+        self._submit(actor)
+
     def _step(self) -> None:
-        """Wait (at most a second) for one unit's rows, or a death, and handle it."""
+        """Wait (at most a second) for an actor to come up, one unit's rows, or a death, and handle it."""
         import ray
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
-        ready, _ = ray.wait(list(self.by_gen), num_returns=1, timeout=1.0)
+        ready, _ = ray.wait([*self.starting, *self.by_gen], num_returns=1, timeout=1.0)
         if not ready:
             if self.progress is not None:
                 self.progress.tick()
+            return
+        if ready[0] in self.starting:
+            self._started(ready[0])
             return
         actor, call = self.by_gen[ready[0]]
         try:
@@ -235,9 +265,9 @@ class Scheduler:
         try:
             self._add_actors()
             while self.remaining > 0:
-                if not self.by_gen:
+                if not self.by_gen and not self.starting:
                     self._add_actors()
-                    if not self.by_gen:
+                    if not self.by_gen and not self.starting:
                         raise RuntimeError("scheduler has units left but nothing running")  # a bug, not a user error
                     continue
                 self._step()

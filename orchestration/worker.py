@@ -36,10 +36,11 @@ def _release_device_memory() -> None:
 
 
 def node_name() -> str:
-    """The Ray node IP inside a Ray worker, else the hostname."""
+    """Inside Ray, the node's IP and the start of its node id (nodes of one machine share an IP); else the
+    hostname."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        return ray.util.get_node_ip_address()
+        return f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:12]}"
     return socket.gethostname()
 
 
