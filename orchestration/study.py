@@ -30,6 +30,7 @@ from pathlib import Path
 from locas.errors import LocasError
 from orchestration.cli import Plan, RunOptions, batch_size, build_parser, check_model, parse
 from orchestration.tasks import TASKS, run_config
+from orchestration.yaml_file import read_yaml
 
 TASK_NAMES = (*TASKS, "sweep")
 STUDY_JSON = "study.json"
@@ -83,15 +84,7 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
 
 def read_study(path) -> dict:
     """The study file as a mapping with `runs` (and optional `defaults`, `description`), or one LocasError."""
-    import yaml
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise LocasError(f"study file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LocasError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    data = read_yaml(path, f"study {path}")
     if not isinstance(data, dict) or not isinstance(data.get("runs"), dict) or not data["runs"]:
         raise LocasError(f"{path}: expected a mapping with `runs:` (name: flags) and optional `defaults:`")
     unknown = sorted(set(data) - {"runs", "defaults", "description"})
