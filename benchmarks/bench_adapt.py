@@ -20,11 +20,12 @@ from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
 
 from benchmarks.common import PRESETS, build_model, device_name, sync, synthetic_tokens, timed
-from locas.adapt import Adapter, Slot, WindowBatch
+from locas.adapt import Adapter
 from locas.config import AdaptConfig
 from locas.documents import Document, sliding_windows
 from locas.memory import memory_branch
 from locas.methods import make_method
+from locas.slots import Slot, WindowBatch
 
 
 def window_batch(tokens, batch, window, device):

@@ -11,7 +11,6 @@ ends, step times are CUDA events read then, and the only per-window read is the 
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -19,122 +18,11 @@ import torch
 
 from locas import losses
 from locas.config import AdaptConfig
-from locas.documents import Document, DocumentResult, Source, WindowResult, sliding_windows
+from locas.documents import Document, DocumentResult, Source, sliding_windows
 from locas.errors import LocasError
 from locas.methods import make_method
 from locas.model import CausalLMWithMemory, token_nll
-
-
-class StepClock:
-    """Accelerator time of a step without waiting for it: CUDA events on a GPU (read once the document
-    ends, when its results are copied back anyway), the wall clock on a CPU, whose ops finish before
-    they return."""
-
-    def __init__(self, device):
-        self.cuda = torch.device(device).type == "cuda"
-
-    def mark(self):
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    @staticmethod
-    def seconds(start, end) -> float:
-        return end - start if isinstance(start, float) else start.elapsed_time(end) / 1000
-
-
-@dataclass
-class Step:
-    """One window step shared by `size` documents, between two clock marks."""
-
-    start: object
-    end: object
-    size: int
-
-    def share(self) -> float:
-        return StepClock.seconds(self.start, self.end) / self.size
-
-
-class HostFlags:
-    """Per-slot booleans on their way to the host: on a GPU a non-blocking copy into pinned memory and an
-    event, so reading them waits for the step that made them and not for the steps queued behind it."""
-
-    def __init__(self, flags: torch.Tensor):
-        self.event = None
-        if flags.is_cuda:
-            self.host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
-            self.host.copy_(flags, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.host = flags
-
-    def read(self) -> list[bool]:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.host.tolist()
-
-
-class Slot:
-    """A document in a slot: which window comes next, and its results so far, kept on the device."""
-
-    def __init__(self, index: int, doc: Document, memorize: Step, trainable_params: int, device):
-        self.index, self.doc, self.memorize, self.trainable_params = index, doc, memorize, trainable_params
-        self.next_window = 0
-        self.token_nll = torch.zeros(len(doc.tokens) - 1, device=device)  # (N−1,)
-        self.train_losses = torch.zeros(len(doc.windows), device=device)  # (windows,)
-        self.trained: list[bool] = []  # per window: whether a training loss was recorded
-        self.steps: list[Step] = []
-
-    @property
-    def last_window(self) -> bool:
-        return self.next_window == len(self.doc.windows)
-
-    def record(self, token_nll: torch.Tensor, train_loss: torch.Tensor | None, step: Step) -> None:
-        """Keep window `next_window`'s scored NLL (from (T−1,)) and training loss (0-dim) on the device."""
-        w = self.doc.windows[self.next_window]
-        self.token_nll[w.scored_from - 1:w.end - 1] = token_nll[w.scored_from - w.start - 1:w.end - w.start - 1]
-        if train_loss is not None:
-            self.train_losses[self.next_window] = train_loss
-        self.trained.append(train_loss is not None)
-        self.steps.append(step)
-        self.next_window += 1
-
-    def finish(self, bad_window: int | None = None) -> DocumentResult:
-        """Copy the results back (the one wait of a document). A document stopped at `bad_window` (a
-        non-finite loss) keeps the windows up to that one: the loop notices one window late."""
-        kept = len(self.steps) if bad_window is None else bad_window + 1
-        token_nll, train_losses = self.token_nll.cpu(), self.train_losses.cpu().tolist()
-        windows = []
-        for k, w in enumerate(self.doc.windows[:kept]):
-            nll = float(token_nll[w.scored_from - 1:w.end - 1].double().sum())
-            windows.append(WindowResult(k, w.scored_from, w.end - w.scored_from, nll,
-                                        train_losses[k] if self.trained[k] else None, self.steps[k].share()))
-        error = None if bad_window is None else f"non-finite loss at window {bad_window}: the document was stopped"
-        return DocumentResult(self.doc, self.index, windows, token_nll[:self.doc.windows[kept - 1].end - 1], error,
-                              self.memorize.share(), self.trainable_params)
-
-
-class WindowBatch:
-    """The current window of each active slot, right-padded to the window size (static shapes)."""
-
-    def __init__(self, slots: list[Slot], width: int, device):
-        S = len(slots)
-        ids = torch.zeros(S, width, dtype=torch.long)
-        mask = torch.zeros(S, width, dtype=torch.long)
-        score = torch.zeros(S, width - 1)
-        self.docs = [s.doc for s in slots]
-        self.slot_ids = [s.index for s in slots]
-        self.windows = [s.doc.windows[s.next_window] for s in slots]
-        for i, (slot, w) in enumerate(zip(slots, self.windows)):
-            n = w.end - w.start
-            ids[i, :n] = slot.doc.tokens[w.start:w.end]
-            mask[i, :n] = 1
-            score[i, w.scored_from - w.start - 1:n - 1] = 1  # position j predicts token start + j + 1
-        self.ids, self.mask, self.score = ids.to(device), mask.to(device), score.to(device)
-        self.slots = torch.tensor(self.slot_ids, device=device)
+from locas.slots import HostFlags, Slot, Step, StepClock, WindowBatch
 
 
 @dataclass
@@ -153,11 +41,18 @@ class Adapter:
         self.model, self.method, self.cfg = model, method, cfg
         self.width = cfg.window_size
         self.shared_forward = cfg.steps == 1 and cfg.loss != "GRPO" and method.deterministic_training
+        # a compiled model gets every window right-padded to the window size (one graph); an eager one not
+        self.static_shapes = _compiled(model)
 
     # ---- forwards --------------------------------------------------------------------------------------
     def _logits(self, batch: WindowBatch, slots: torch.Tensor | None = None):
         with self.method.forward_context(batch.slots if slots is None else slots):
-            return self.model(batch.ids, attention_mask=batch.mask).logits
+            return self.model(batch.ids).logits
+
+    def _nll(self, batch: WindowBatch) -> torch.Tensor:
+        """Per-token NLL (S, T−1) by `compute_nll`: for a plain output head no (S, T, V) logits are kept."""
+        with self.method.forward_context(batch.slots):
+            return self.model.compute_nll(batch.ids)
 
     def _teacher_starts(self, batch: WindowBatch) -> list[int]:
         """Per slot, the first token the SD teacher reads: up to `teacher_tokens` before the window."""
@@ -166,7 +61,7 @@ class Adapter:
     @torch.no_grad()
     def _teacher_logits(self, batch: WindowBatch, starts: list[int]):
         """Frozen base, memory off, reading the preceding tokens plus the window."""
-        out = torch.zeros(len(starts), self.width, self.model.config.vocab_size, device=self.model.device,
+        out = torch.zeros(len(starts), batch.width, self.model.config.vocab_size, device=self.model.device,
                           dtype=self.model.model.dtype)  # (S, T, V) in the model's dtype: fp32 would double it
         has_context = torch.zeros(len(starts), 1, device=self.model.device)
         with self.method.base_context():
@@ -190,15 +85,19 @@ class Adapter:
             return [cfg.mix_lambda > 0 or (cfg.mix_lambda < 1 and has) for has in sd]
         return [True] * len(sd)
 
-    def _window_loss(self, logits, nll, batch: WindowBatch, teacher):
+    def _loss(self, batch: WindowBatch, teacher) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training loss (S,), per-token NLL (S, T−1)) from one forward; NTP needs no logits."""
         cfg = self.cfg
         if cfg.loss == "NTP":
-            return losses.ntp(nll, batch.score)
+            nll = self._nll(batch)
+            return losses.ntp(nll, batch.score), nll
+        logits = self._logits(batch)
+        nll = token_nll(logits.detach() if cfg.loss == "SD" else logits, batch.ids)
         teacher_logits, has_context = teacher
         sd = losses.self_distillation(logits, teacher_logits, batch.score * has_context, cfg.temperature)
         if cfg.loss == "SD":
-            return sd
-        return cfg.mix_lambda * losses.ntp(nll, batch.score) + (1 - cfg.mix_lambda) * sd
+            return sd, nll
+        return cfg.mix_lambda * losses.ntp(nll, batch.score) + (1 - cfg.mix_lambda) * sd, nll
 
     def _grpo_loss(self, batch: WindowBatch, step: int) -> tuple[torch.Tensor, list[bool]]:
         """Per slot: sample G continuations of the window's prefix (temperature 1, no top-k or top-p
@@ -249,27 +148,24 @@ class Adapter:
         cfg, method = self.cfg, self.method
         if not cfg.steps:
             with torch.no_grad():
-                return StepOutput(token_nll(self._logits(batch), batch.ids, batch.mask) * batch.score, None)
+                return StepOutput(self._nll(batch) * batch.score, None)
         starts = self._teacher_starts(batch)
         teacher = self._teacher_logits(batch, starts) if cfg.loss in ("SD", "MIX") else None
         support = self._support(batch, starts)
         if self.shared_forward:
             with method.train_context():
-                logits = self._logits(batch)
-            nll = token_nll(logits.detach() if cfg.loss == "SD" else logits, batch.ids, batch.mask)
-            loss = self._window_loss(logits, nll, batch, teacher)
+                loss, nll = self._loss(batch, teacher)
             self._train_step(loss, batch, support)
             return StepOutput(nll.detach() * batch.score, loss.detach())
         with torch.no_grad():
-            nll = token_nll(self._logits(batch), batch.ids, batch.mask) * batch.score
+            nll = self._nll(batch) * batch.score
         train_loss = None
         for step in range(cfg.steps):
             with method.train_context():
                 if cfg.loss == "GRPO":
                     loss, support = self._grpo_loss(batch, step)
                 else:
-                    logits = self._logits(batch)
-                    loss = self._window_loss(logits, token_nll(logits, batch.ids, batch.mask), batch, teacher)
+                    loss, _ = self._loss(batch, teacher)
             self._train_step(loss, batch, support)
             train_loss = loss.detach() if train_loss is None else train_loss
         return StepOutput(nll, train_loss)
@@ -290,7 +186,7 @@ class Adapter:
         try:
             while self._fill(slots, source, clock):
                 active = [s for s in slots if s is not None]
-                batch = WindowBatch(active, self.width, device)
+                batch = WindowBatch(active, self.width, device, pad=self.static_shapes)
                 started = clock.mark()
                 out = self.step_window(batch)
                 step = Step(started, clock.mark(), len(active))
@@ -335,6 +231,11 @@ class Adapter:
         self.method.reset(index, doc.tokens[first.start:first.end].unsqueeze(0).to(self.model.device))
         memorize = Step(started, clock.mark(), 1)
         return Slot(index, doc, memorize, self.method.trainable_parameters(), self.model.device)
+
+
+def _compiled(model) -> bool:
+    """Whether the model or its causal LM was compiled with `.compile()`."""
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in (model, model.model))
 
 
 def _non_finite(out: StepOutput) -> torch.Tensor:

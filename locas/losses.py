@@ -2,6 +2,7 @@
 document its one-at-a-time gradient, since the memory's slots never mix."""
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import torch
@@ -72,3 +73,75 @@ def grpo(logprobs: torch.Tensor, sample_mask: torch.Tensor, advantages: torch.Te
         k3 = (log_ratio.exp() - log_ratio - 1) * sample_mask
         loss = loss + beta * (k3.sum(1) / counts).mean()
     return loss
+
+
+# ---- next-token NLL from the final hidden states, without keeping (T, V) logits -------------------------
+LOGIT_ELEMENTS_PER_CHUNK = 1 << 25  # logits computed at once: rows = this // vocabulary (128 MB of fp32)
+
+
+class _LogitsWorkspace(threading.local):
+    """CPU logits buffers kept from call to call, per thread: a fresh (T, V) tensor per window costs the CPU
+    thousands of page faults, as the allocator hands blocks of that size back to the system when freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffers: dict = {}
+
+    def get(self, rows: int, cols: int, dtype: torch.dtype, use: str) -> torch.Tensor:
+        buffer = self.buffers.get((dtype, use))
+        if buffer is None or buffer.numel() < rows * cols:
+            buffer = self.buffers[(dtype, use)] = torch.empty(rows * cols, dtype=dtype)
+        return buffer[:rows * cols].view(rows, cols)
+
+
+_WORKSPACE = _LogitsWorkspace()
+
+
+def _log_probs(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 log-softmax of `hidden @ weight.T` (rows, V); on the CPU (eager) into the reused workspace."""
+    if hidden.device.type != "cpu" or torch.compiler.is_compiling():
+        return torch.log_softmax((hidden @ weight.t()).float(), 1)
+    rows, vocab = hidden.shape[0], weight.shape[0]
+    logits = torch.mm(hidden, weight.t(), out=_WORKSPACE.get(rows, vocab, hidden.dtype, "logits"))
+    if logits.dtype != torch.float32:
+        logits = _WORKSPACE.get(rows, vocab, torch.float32, "fp32 logits").copy_(logits)
+    return torch.log_softmax(logits, 1, out=_WORKSPACE.get(rows, vocab, torch.float32, "log-probs"))
+
+
+class _LinearNLL(torch.autograd.Function):
+    """nll_i = −log_softmax(h_i Wᵀ)[y_i] per row, in fp32 over the vocabulary, a chunk of rows at a time.
+
+    When h needs a gradient, the forward also computes G_i = (softmax(h_i Wᵀ) − e_{y_i}) W: the upstream
+    gradient of row i is one number, so the backward is just grad_i · G_i, and no logits outlive the forward
+    nor are recomputed (as checkpointed chunks would). W gets no gradient: the head is frozen."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        need_grad = ctx.needs_input_grad[0]
+        n = hidden.shape[0]
+        rows = max(1, min(n, LOGIT_ELEMENTS_PER_CHUNK // weight.shape[0]))
+        nll = torch.empty(n, device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            log_probs, y = _log_probs(hidden[lo:hi], weight), targets[lo:hi, None]
+            nll[lo:hi] = -log_probs.gather(1, y)[:, 0]
+            if need_grad:
+                probs = log_probs.exp_()
+                probs.scatter_add_(1, y, torch.full(y.shape, -1.0, device=y.device))  # softmax − one-hot
+                grad_hidden[lo:hi] = torch.mm(probs.to(weight.dtype), weight)
+        if need_grad:
+            ctx.save_for_backward(grad_hidden)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_nll.to(grad_hidden.dtype)[:, None] * grad_hidden, None, None
+
+
+def linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """NLL (...) of `targets` (...) under logits `hidden @ weight.T`; hidden (..., d), weight (V, d) frozen.
+    Equal to cross-entropy over the whole logits; differentiable once, in `hidden` only."""
+    shape = targets.shape
+    return _LinearNLL.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1)).view(shape)

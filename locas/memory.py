@@ -24,17 +24,33 @@ def clip_rows(w: torch.Tensor) -> torch.Tensor:
     return w / torch.linalg.vector_norm(w, dim=-1, keepdim=True).clamp_min(1.0)
 
 
-def memory_branch(a: torch.Tensor, layer_memory: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """o = τ (SiLU(a c(G)ᵀ) ⊙ (a c(K)ᵀ)) c(V) for one layer.
+def prepare_memory(memory: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every layer's clipped rows at once, laid out for the branch's two matmuls (once per forward, not per
+    layer): key_gate (L, Bm, 2r, d) = [c(K); c(G)] and values (L, Bm, r, d) = τ_l c(V), from memory
+    (L, Bm, r, d, 3) and τ per layer (L,)."""
+    L, Bm, r, d, _ = memory.shape
+    clipped = clip_rows(memory.movedim(-1, 2).contiguous())  # (L, Bm, 3, r, d)
+    key_gate = clipped[:, :, KEY:GATE + 1].reshape(L, Bm, 2 * r, d)  # a view: KEY = 0, GATE = 1
+    values = clipped[:, :, VALUE] * scales.view(L, 1, 1, 1).to(clipped.dtype)
+    return key_gate, values
 
-    a: (B, T, d) post-attention-norm activations; layer_memory: (Bm, r, d, 3) with Bm = B or 1;
-    scale: τ of this layer (0-dim). Returns (B, T, d) in a's dtype.
-    """
-    r = layer_memory.shape[1]
-    gates_keys = clip_rows(layer_memory[..., [GATE, KEY]].movedim(-1, 1).flatten(1, 2))  # (Bm, 2r, d)
-    values = clip_rows(layer_memory[..., VALUE]) * scale  # (Bm, r, d)
-    gate, key = (a @ gates_keys.to(a.dtype).transpose(1, 2)).split(r, dim=-1)  # (B, T, r) each
+
+def prepared_branch(a: torch.Tensor, key_gate: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """o = τ (SiLU(a c(G)ᵀ) ⊙ (a c(K)ᵀ)) c(V) for one layer of `prepare_memory`.
+
+    a: (B, T, d) post-attention-norm activations; key_gate (Bm, 2r, d), values (Bm, r, d) with Bm = B or 1.
+    Returns (B, T, d) in a's dtype."""
+    r = values.shape[-2]
+    if key_gate.shape[0] == 1:  # one memory for the whole batch: plain matmuls over (B·T, d)
+        key_gate, values = key_gate[0], values[0]
+    key, gate = (a @ key_gate.to(a.dtype).transpose(-1, -2)).split(r, dim=-1)  # (B, T, r) each
     return (F.silu(gate) * key) @ values.to(a.dtype)  # (B, T, d)
+
+
+def memory_branch(a: torch.Tensor, layer_memory: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The branch of one layer from its memory (Bm, r, d, 3) and τ (0-dim): `prepared_branch` of one layer."""
+    key_gate, values = prepare_memory(layer_memory[None], scale.reshape(1))
+    return prepared_branch(a, key_gate[0], values[0])
 
 
 def check_memory(memory, num_layers: int, hidden_size: int, batch: int | None = None) -> None:

@@ -15,10 +15,12 @@ from torch import nn
 
 from locas.config import MEMORY_INITS, ModelSpec
 from locas.errors import LocasError
-from locas.losses import over_positions
-from locas.memory import GATE, KEY, VALUE, check_memory, clip_rows, memory_branch
+from locas.losses import linear_nll, over_positions
+from locas.memory import GATE, KEY, VALUE, check_memory, clip_rows, prepare_memory, prepared_branch
 
 _SILU_NAMES = ("silu", "swish")
+# model types whose causal-LM head is exactly `logits = lm_head(final hidden states)` (no scaling or capping)
+_PLAIN_HEAD_TYPES = ("qwen3", "qwen2", "llama", "mistral", "qwen3_moe", "qwen2_moe")
 
 
 def _gated_mlps(model) -> list[nn.Module]:
@@ -64,8 +66,13 @@ class CausalLMWithMemory(nn.Module):
         col_norms = [torch.linalg.vector_norm(m.down_proj.weight.float(), dim=0).mean() for m in self.mlps]
         self.register_buffer("down_col_norm", torch.stack(col_norms), persistent=False)  # (L,)
         self._active: tuple[torch.Tensor, torch.Tensor] | None = None  # (memory, τ per layer) while in use
+        self._prepared: tuple | None = None  # this forward's clipped rows per layer (`prepare_memory`)
         for layer_index, mlp in enumerate(self.mlps):
             mlp.register_forward_hook(self._hook(layer_index))
+        # the memory is clipped once per forward of the decoder stack (at its first MLP) and dropped after it,
+        # so an update between forwards is always seen
+        self.model.base_model.register_forward_pre_hook(self._drop_prepared)
+        self.model.base_model.register_forward_hook(self._drop_prepared)
 
     @classmethod
     def from_pretrained(cls, path_or_id, *, dtype=None, device=None, trust_remote_code: bool = False, **kwargs):
@@ -120,12 +127,17 @@ class CausalLMWithMemory(nn.Module):
         return memory[:, 0].numel()
 
     # ---- running with a memory -----------------------------------------------------------------------
+    def _drop_prepared(self, *args) -> None:
+        self._prepared = None
+
     def _hook(self, layer_index: int):
         def add_memory(module, args, output):
             if self._active is None:
                 return None
-            memory, scales = self._active
-            return output + memory_branch(args[0], memory[layer_index], scales[layer_index])
+            if self._prepared is None:
+                self._prepared = tuple(t.unbind(0) for t in prepare_memory(*self._active))
+            key_gate, values = self._prepared
+            return output + prepared_branch(args[0], key_gate[layer_index], values[layer_index])
 
         return add_memory
 
@@ -143,10 +155,11 @@ class CausalLMWithMemory(nn.Module):
         if not 1 <= rank <= memory.shape[2]:
             raise LocasError(f"base_rank {rank} must be between 1 and the memory's width {memory.shape[2]}")
         previous, self._active = self._active, (memory, self.memory_scales(rank).to(memory.device))
+        self._prepared = None
         try:
             yield
         finally:
-            self._active = previous
+            self._active, self._prepared = previous, None
 
     def forward(self, input_ids, attention_mask=None, memory=None, base_rank=None, **kwargs):
         """The base model's forward with `memory` (or none) added to every MLP."""
@@ -155,9 +168,36 @@ class CausalLMWithMemory(nn.Module):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def compute_nll(self, input_ids, memory=None, attention_mask=None, base_rank=None) -> torch.Tensor:
-        """Per-token next-token NLL (B, T−1) under the memory; padded targets are 0. Differentiable."""
-        logits = self(input_ids, attention_mask=attention_mask, memory=memory, base_rank=base_rank).logits
-        return token_nll(logits, input_ids, attention_mask)
+        """Per-token next-token NLL (B, T−1) under the memory; padded targets are 0. Differentiable (once, and
+        only into the memory and the inputs: the output head is frozen).
+
+        For a plain head (`plain_head_weight`) the NLL comes from the final hidden states by `linear_nll`,
+        without materializing (B, T, V) logits; otherwise from the logits."""
+        weight = self.plain_head_weight()
+        if weight is None:
+            logits = self(input_ids, attention_mask=attention_mask, memory=memory, base_rank=base_rank).logits
+            return token_nll(logits, input_ids, attention_mask)
+        hidden = self.hidden_states(input_ids, attention_mask=attention_mask, memory=memory, base_rank=base_rank)
+        nll = linear_nll(hidden[:, :-1], weight, input_ids[:, 1:])
+        return nll if attention_mask is None else nll * attention_mask[:, 1:].to(nll.dtype)
+
+    def hidden_states(self, input_ids, attention_mask=None, memory=None, base_rank=None) -> torch.Tensor:
+        """The decoder stack's final (normed) hidden states (B, T, d) under the memory: the head's input."""
+        _check_input_ids(input_ids, attention_mask)
+        with self.use_memory(memory, base_rank, batch=input_ids.shape[0]):
+            return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def plain_head_weight(self) -> torch.Tensor | None:
+        """The frozen output head's weight W when logits are exactly `hidden @ W.T` (a known model type, no
+        bias, scaling or soft-capping) and the causal LM is not compiled as a whole (its compiled forward is
+        then the fast path); else None."""
+        head, config = self.model.get_output_embeddings(), self.config
+        plain = (config.model_type in _PLAIN_HEAD_TYPES and isinstance(head, nn.Linear) and head.bias is None
+                 and not head.weight.requires_grad and not getattr(config, "final_logit_softcapping", None)
+                 and getattr(config, "logit_scale", None) in (None, 1, 1.0)
+                 and getattr(config, "logits_scaling", None) in (None, 1, 1.0)
+                 and getattr(self.model, "_compiled_call_impl", None) is None)
+        return head.weight if plain else None
 
     # ---- memorize ------------------------------------------------------------------------------------
     @torch.no_grad()

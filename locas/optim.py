@@ -25,6 +25,9 @@ class SlotAdamW:
     def step(self, slots: torch.Tensor) -> None:
         """One AdamW update of the given slots (LongTensor of slot indices); the other slots are untouched."""
         beta1, beta2 = self.betas
+        if len(slots) == self.param.shape[1]:  # every slot (the loop passes them in order): in place
+            self._step_all()
+            return
         grad = self.param.grad[:, slots]
         self.step_count[slots] += 1
         t = self.step_count[slots].view(1, -1, *([1] * (self.param.dim() - 2)))
@@ -35,4 +38,20 @@ class SlotAdamW:
         update = exp_avg / (1 - beta1 ** t) / denom
         values = self.param[:, slots] * (1 - self.lr * self.weight_decay) - self.lr * update
         self.param[:, slots] = values
+        self.param.grad = None
+
+    def _step_all(self) -> None:
+        """Every slot at once, in place, without gathering and scattering the state."""
+        beta1, beta2 = self.betas
+        param, grad = self.param, self.param.grad
+        self.step_count += 1
+        view = (1, -1, *([1] * (param.dim() - 2)))
+        bias1 = (1 - beta1 ** self.step_count).view(view)
+        bias2_sqrt = (1 - beta2 ** self.step_count).sqrt_().view(view)
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if self.weight_decay:
+            param.mul_(1 - self.lr * self.weight_decay)
+        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
+        param.addcdiv_(self.exp_avg / bias1, denom, value=-self.lr)
         self.param.grad = None

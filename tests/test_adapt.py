@@ -4,6 +4,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import PG19_BOOKS, require
 
 from locas import losses
@@ -45,7 +46,8 @@ def test_recorded_nll_is_pre_update_and_matches_an_independent_loop(tiny_model, 
     expected = []
     for w in doc.windows:
         ids = doc.tokens[w.start:w.end][None]
-        nll = tiny_model.compute_nll(ids, memory)[0, w.scored_from - w.start - 1:]
+        logits = tiny_model(ids, memory=memory).logits[0, :-1]
+        nll = F.cross_entropy(logits, ids[0, 1:], reduction="none")[w.scored_from - w.start - 1:]
         expected.append(nll.sum().item())  # scored before this window's update
         nll.mean().backward()
         optimizer.step()
@@ -316,6 +318,62 @@ def test_slot_adamw_matches_torch_adamw_per_slot():
         slotted.step(torch.tensor([0, 2]))
         reference.step()
     torch.testing.assert_close(param[:, 2:3], alone)
+
+
+def test_slot_adamw_stepping_every_slot_in_place_matches_torch_adamw():
+    torch.manual_seed(0)
+    param = torch.randn(2, 3, 4, requires_grad=True)
+    alone = [param.detach()[:, s:s + 1].clone().requires_grad_(True) for s in range(3)]
+    slotted = SlotAdamW(param, lr=1e-2, weight_decay=0.1)
+    reference = [torch.optim.AdamW([a], lr=1e-2, weight_decay=0.1) for a in alone]
+    for step in range(4):
+        stepped = [0, 1, 2] if step != 1 else [1]  # a step where only slot 1 has support, then all again
+        param.grad = torch.randn(2, 3, 4)
+        for s in stepped:
+            alone[s].grad = param.grad[:, s:s + 1].clone()
+            reference[s].step()
+        slotted.step(torch.tensor(stepped))
+    for s in range(3):
+        torch.testing.assert_close(param[:, s:s + 1], alone[s])
+
+
+def test_the_parts_of_a_step_trace_into_one_graph_each(tiny_model):
+    """What `--compile` compiles (the backbone with the memory in its MLP hooks), the NLL from the hidden
+    states and the per-slot optimizer step: torch._dynamo.explain finds no graph break in any of them."""
+    import torch._dynamo as dynamo
+
+    x = torch.randint(1, 500, (2, 32), generator=torch.Generator().manual_seed(0))
+    memory = tiny_model.memorize(x, keep_top=8).requires_grad_(True)
+    optimizer = SlotAdamW(memory, lr=1e-2)
+
+    def backbone(ids):
+        with tiny_model.use_memory(memory):
+            return tiny_model.model(input_ids=ids).logits
+
+    def optimizer_step(slots):
+        memory.grad = torch.ones_like(memory)
+        optimizer.step(slots)
+
+    parts = [(backbone, x), (lambda ids: tiny_model.compute_nll(ids, memory).sum(), x),
+             (optimizer_step, torch.tensor([0, 1])), (optimizer_step, torch.tensor([1]))]
+    for fn, arg in parts:
+        dynamo.reset()
+        explained = dynamo.explain(fn)(arg)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    dynamo.reset()
+
+
+def test_windows_padded_to_the_window_size_give_the_same_numbers(tiny_model, tokenizer):
+    """Eager runs pad a batch only to its longest window, compiled ones to the window size (one graph)."""
+    books = [book(i, words=90 + 40 * i) for i in range(3)]
+    c = cfg(lr=1e-2)
+    docs = [book_document(tokenizer, b, c) for b in books]
+    runs = []
+    for static in (False, True):
+        adapter = Adapter(tiny_model, make_method(tiny_model, c), c)
+        adapter.static_shapes = static
+        runs.append({r.doc.doc_id: r.nll_sum for r in adapter.run(docs, batch_size=2)})
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5)
 
 
 def test_memory_width_larger_than_the_mlp_is_refused(tiny_model, tokenizer):

@@ -162,6 +162,35 @@ def test_attention_mask_is_honoured(tiny_model):
     torch.testing.assert_close(padded[0, :11], short[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_nll_from_hidden_states_equals_cross_entropy_over_the_logits(tiny_model, monkeypatch, grad):
+    """compute_nll (logits never whole, the gradient made in the forward) against F.cross_entropy over the
+    whole logits of the same forward, in value and in the memory's gradient, over several row chunks."""
+    from locas import losses
+
+    x = ids(batch=2, tokens=20)
+    memory = trained_like(tiny_model.memorize(x, keep_top=8))
+    monkeypatch.setattr(losses, "LOGIT_ELEMENTS_PER_CHUNK", 7 * VOCAB)  # 38 rows: 6 chunks, the last short
+    weights = torch.rand(2, 19)
+
+    def value_and_grad(nll_of):
+        m = memory.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            nll = nll_of(m)
+            if grad:
+                (nll * weights).sum().backward()
+        return nll.detach(), m.grad
+
+    def reference(m):
+        logits = tiny_model(x, memory=m).logits[:, :-1]
+        return F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+
+    got, want = value_and_grad(lambda m: tiny_model.compute_nll(x, m)), value_and_grad(reference)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    if grad:
+        torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("init", ["random", "random_index"])
 def test_random_inits_are_seeded(tiny_model, init):
     x = ids()
