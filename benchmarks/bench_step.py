@@ -1,6 +1,6 @@
 """The project's adaptation loop against the obvious loop anyone would write, on a real model and real books.
 
-    python -m benchmarks.bench_step                      # tinylm-pg19, one 16K-token book, then 4 books batched
+    python -m benchmarks.bench_step          # tinylm-pg19: one 16K-token book, then 4 books of 4K batched
 
 The minimal loop (`minimal_adapt`) is the few lines a reader of the method would write for one document:
 memory in forward hooks on the MLPs, the HF forward, cross-entropy, backward, `torch.optim.AdamW`. The
@@ -16,6 +16,7 @@ import datetime
 import json
 import math
 import statistics
+import sys
 import time
 
 import torch
@@ -85,6 +86,7 @@ def paired(model, books, cfg, repeats: int) -> dict:
             sums = runs[name]()
             if turn:
                 seconds[name].append(time.perf_counter() - start)
+                print(f"{len(books)} book(s), turn {turn}: {name} {seconds[name][-1]:.2f} s", file=sys.stderr, flush=True)
             ppl[name] = [math.exp(nll / n) for nll, n in sums]
     ratios = [p / m for p, m in zip(seconds["project"], seconds["minimal"])]
     return {"books": len(books), "tokens": sum(len(t) for t in books),
@@ -105,7 +107,7 @@ def main(argv=None):
     p.add_argument("--model", default=str(SHARED / "models" / "tinylm-pg19"))
     p.add_argument("--books", default=str(SHARED / "data" / "pg19" / "books"), help="a folder of PG-19 .txt books")
     p.add_argument("--book_ids", default="26618,4128,10146,2544", help="the first is the one-book case")
-    p.add_argument("--tokens", type=int, default=16384, help="tokens kept per book")
+    p.add_argument("--tokens", type=int, default=16384, help="tokens of the one book; a batch shares as many")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--r", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
@@ -116,13 +118,12 @@ def main(argv=None):
     model = CausalLMWithMemory.from_pretrained(args.model, dtype=torch.float32, device="cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     ids = args.book_ids.split(",")
-    books = [torch.tensor(tokenizer(b.text, add_special_tokens=False).input_ids[:args.tokens])
-             for b in load_books(args.books, ids=ids)]
+    books = [torch.tensor(tokenizer(b.text, add_special_tokens=False).input_ids) for b in load_books(args.books, ids=ids)]
     cfg = AdaptConfig(method="locas", loss="NTP", memory_width=args.r, window_size=args.window)
     report = {"date": datetime.date.today().isoformat(), "device": device_name("cpu"), "model": args.model,
               "window": args.window, "r": args.r,
-              "one_book": paired(model, books[:1], cfg, args.repeats),
-              "batch_of_books": paired(model, books, cfg, args.repeats)}
+              "one_book": paired(model, [books[0][:args.tokens]], cfg, args.repeats),
+              "batch_of_books": paired(model, [b[:args.tokens // len(books)] for b in books], cfg, args.repeats)}
     print(json.dumps(report, indent=1))
 
 
