@@ -129,7 +129,7 @@ def test_streaming_generator_on_the_remote_class(ray_local):
         assert [uid for uid, _ in out] == ["echo:2:r", "echo:1:r"] and len(out[0][1]) == 3
         info = ray.get(actor.info.remote())
         assert info["load_count"] == 1 and info["device"] == "cpu"
-        node = ray.get_runtime_context().get_node_id()[:12]
+        node = ray.get_runtime_context().get_node_id()
         assert out[0][1][0]["node"] == f"{ray.util.get_node_ip_address()} {node}"
     finally:
         ray.kill(actor)
