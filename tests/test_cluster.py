@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PG19_BOOKS, TINYLM, require
+from fakecluster import FakeCluster, free_port, wait_for
 
 from analysis.rows import read_ledger, read_manifest, read_rows
-from conftest import PG19_BOOKS, TINYLM, require
 from locas.errors import LocasError
 from orchestration import cli, cluster, run_pg19
 
@@ -26,7 +27,7 @@ BOOKS = ["31974", "12204", "26618", "4128"]  # the 4 smallest shared books
 
 def pg19_flags(output, *extra) -> list[str]:
     return ["--model", str(TINYLM), "--data", str(PG19_BOOKS), "--book_ids", ",".join(BOOKS), "--method", "locas",
-            "--memory_width", "16", "--window_size", "256", "--max_tokens", "512", "--dtype", "float32",
+            "--memory_width", "16", "--window_size", "256", "--max_tokens", "1024", "--dtype", "float32",
             "--device", "cpu", "--batch_size", "1", "--no_progress", "--output", str(output), *extra]
 
 
@@ -40,15 +41,6 @@ def driver(fake, output, *extra, **popen):
 def ledger_lines(output) -> int:
     path = Path(output) / "ledger.jsonl"
     return path.read_text().count("\n") if path.exists() else 0
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def ppl(output) -> float:
@@ -69,8 +61,6 @@ def every_book_once(output) -> None:
 def fake(tmp_path_factory):
     """One autoscaling cluster for the session. Its nodes' home folder is a temporary one that holds
     ray_bootstrap_config.yaml, as `ray up` leaves it on a head."""
-    from fakecluster import FakeCluster
-
     require(TINYLM)
     require(PG19_BOOKS)
     home = tmp_path_factory.mktemp("head-home")
@@ -110,13 +100,6 @@ def test_a_run_scales_the_cluster_up_from_zero(fake, reference, tmp_path):
     assert ppl(out) == pytest.approx(reference, rel=1e-6)
 
 
-def test_more_gpus_than_the_cluster_can_have_is_refused_at_once(fake, tmp_path):
-    run = driver(fake, tmp_path / "x", "--num_gpus", "3", "--cluster_config", str(fake.config_path))
-    log, _ = run.communicate(timeout=120)
-    assert run.returncode == 2
-    assert "error: --num_gpus 3 but the cluster can have at most 2 GPUs" in log and not (tmp_path / "x").exists()
-
-
 def test_b_a_node_lost_mid_run(fake, reference, tmp_path):
     out = tmp_path / "b"
     run = driver(fake, out, "--num_gpus", "2")
@@ -138,8 +121,8 @@ def test_b_a_node_lost_mid_run(fake, reference, tmp_path):
     assert "1 worker(s) lost, 1 unit(s) retried" in log, [line for line in log.splitlines() if "units:" in line]
     every_book_once(out)
     assert ppl(out) == pytest.approx(reference, rel=1e-6)
-    if not new_nodes:
-        wait_for(lambda: fake.gpu_nodes() - before, 60, "a node in place of the lost one")
+    if not new_nodes:  # launched while the run went on, up just after it
+        wait_for(lambda: fake.gpu_nodes() - before, 30, "a node in place of the lost one")
     assert victim not in fake.gpu_nodes()
 
 
@@ -150,7 +133,7 @@ def test_c_the_run_as_a_ray_job_stopped_and_resubmitted(fake, reference):
         command = [RAY, "job", "submit", "--address", fake.dashboard_url, "--submission-id", job_id, *wait,
                    "--working-dir", str(ROOT), "--", "python", "orchestration/run_pg19.py",
                    *pg19_flags("runs/c", "--num_gpus", "1")]  # relative: ~/runs/c on the head
-        return subprocess.run(command, env=client_env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(command, env=client_env, capture_output=True, text=True, check=False, timeout=300)
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -160,7 +143,7 @@ def test_c_the_run_as_a_ray_job_stopped_and_resubmitted(fake, reference):
     wait_for(lambda: ledger_lines(out) >= 1 or jobs.get_job_status("locas-c-1").is_terminal(), 240,
              "the job's first finished book")
     stop = subprocess.run([RAY, "job", "stop", "--address", fake.dashboard_url, "locas-c-1"], env=client_env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, check=False, timeout=120)
     assert stop.returncode == 0, stop.stderr
     assert jobs.get_job_status("locas-c-1") == JobStatus.STOPPED
     done = ledger_lines(out)
@@ -179,7 +162,7 @@ def test_a_sweep_on_a_cluster_needs_storage_every_node_reaches(fake, tmp_path):
     command = [sys.executable, str(ROOT / "orchestration" / "run_sweep.py"), "--model", str(TINYLM), "--data",
                str(PG19_BOOKS), "--split", "test", "--allow_test", "--book_ids", BOOKS[0], "--grid",
                "memory_width=8,16", "--output", str(tmp_path / "sweep")]
-    run = subprocess.run(command, cwd=ROOT, env=fake.client_env(), capture_output=True, text=True, timeout=120)
+    run = subprocess.run(command, cwd=ROOT, env=fake.client_env(), capture_output=True, text=True, check=False, timeout=120)
     assert run.returncode == 2 and "error: on a cluster, --tune_storage is required" in run.stderr
 
 
@@ -187,7 +170,7 @@ def test_a_sweep_on_a_cluster_needs_storage_every_node_reaches(fake, tmp_path):
 
 def test_a_dead_cluster_address_fails_in_seconds_naming_the_way_out(tiny_path, tmp_path):
     """A `ray start` head that stopped leaves its address behind; `ray.init()` would retry it for minutes."""
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "ray_current_cluster").write_text(dead)
     books = tmp_path / "books"
@@ -198,7 +181,7 @@ def test_a_dead_cluster_address_fails_in_seconds_naming_the_way_out(tiny_path, t
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     for extra, way_out in (({"RAY_TMPDIR": str(tmp_path)}, f"delete {tmp_path / 'ray' / 'ray_current_cluster'}"),
                            ({"RAY_ADDRESS": dead}, "unset RAY_ADDRESS")):
-        run = subprocess.run(command, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=120)
+        run = subprocess.run(command, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, check=False, timeout=120)
         errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
         assert run.returncode == 2 and len(errors) == 1, run.stderr
         assert f"no Ray cluster answers at {dead}" in errors[0] and way_out in errors[0]
@@ -223,7 +206,7 @@ print(json.dumps({"started": started, "hosts": sorted(hosts), "token": is_token_
 
 def test_a_local_ray_listens_on_loopback_only_with_token_auth(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}  # as a user's shell
-    run = subprocess.run([sys.executable, "-c", LOCAL_RAY], cwd=ROOT, capture_output=True, text=True, timeout=180,
+    run = subprocess.run([sys.executable, "-c", LOCAL_RAY], cwd=ROOT, capture_output=True, text=True, check=False, timeout=180,
                          env={**env, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr
     facts = json.loads(run.stdout.strip().splitlines()[-1])
@@ -235,20 +218,15 @@ def test_gpu_requests_on_a_ray_without_an_autoscaler(ray_local, tmp_path):
     config = tmp_path / "cluster.yaml"
     config.write_text(yaml.safe_dump({"max_workers": 2, "head_node_type": "head", "available_node_types": {
         "head": {"resources": {"CPU": 2}}, "gpu": {"resources": {"GPU": 1}, "max_workers": 4}}}))
-    with pytest.raises(LocasError, match="at most 2 GPUs"):  # the cluster's max_workers bounds the GPU nodes
-        with cluster.gpus(3, 60, str(config)):
+    refusals = [((3, 60, str(config)), "at most 2 GPUs"),  # the cluster's max_workers bounds the GPU nodes
+                ((1, 60, None, True), "this machine's Ray has 0 GPUs"),
+                ((1, 1, str(config)), "no GPU came up within --gpu_timeout 1 s"),
+                ((1, 1, str(tmp_path / "none.yaml")), "--cluster_config .*: no such file")]
+    for args, match in refusals:
+        started = time.monotonic()
+        with pytest.raises(LocasError, match=match), cluster.gpus(*args):
             pass
-    with pytest.raises(LocasError, match="this machine's Ray has 0 GPUs"):
-        with cluster.gpus(1, 60, local=True):
-            pass
-    started = time.monotonic()
-    with pytest.raises(LocasError, match="no GPU came up within --gpu_timeout 1 s"):
-        with cluster.gpus(1, 1, str(config)):
-            pass
-    assert time.monotonic() - started < 10
-    with pytest.raises(LocasError, match="--cluster_config .*: no such file"):
-        with cluster.gpus(1, 1, str(tmp_path / "none.yaml")):
-            pass
+        assert time.monotonic() - started < 10
     with cluster.gpus(0, 1):  # CPU runs ask for nothing
         pass
 
@@ -276,9 +254,3 @@ def test_relative_outputs_land_in_the_heads_home_inside_a_ray_job(monkeypatch, t
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cli.resolve_output("runs/x") == tmp_path / "home" / "runs" / "x"
     assert cli.resolve_output("/data/runs/x") == Path("/data/runs/x")
-
-
-def _free_port() -> int:
-    from fakecluster import free_port
-
-    return free_port()
