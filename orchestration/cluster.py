@@ -131,7 +131,7 @@ def _secrets_env() -> dict[str, str]:
 def _loopback_only() -> None:
     """Make the Ray started next (and each of its processes, through the environment) bind 127.0.0.1 only."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray._private.ray_constants as ray_constants
+    from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False  # read once, when Ray was imported
 

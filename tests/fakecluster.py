@@ -125,7 +125,7 @@ class FakeCluster:
         return env
 
     # ---- start and stop ---------------------------------------------------------------------------------
-    def start(self, timeout: float = 120.0) -> "FakeCluster":
+    def start(self, timeout: float = 120.0) -> FakeCluster:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="lfc", dir="/tmp"))  # short: Ray's socket paths
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.config_path.write_text(yaml.safe_dump(autoscaling_config(self.address, self.gpu_workers,
