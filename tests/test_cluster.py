@@ -6,6 +6,7 @@ address fails in seconds, a local Ray listens on loopback with token auth, GPU r
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -65,7 +66,8 @@ def fake(tmp_path_factory):
     require(PG19_BOOKS)
     home = tmp_path_factory.mktemp("head-home")
     started = time.monotonic()
-    with FakeCluster(gpu_workers=2, extra_env={"HOME": str(home)}) as fake:
+    secrets = {"HF_TOKEN": "hf_test_not_a_token"}  # the head's drivers pass it on to their actors
+    with FakeCluster(gpu_workers=2, extra_env={"HOME": str(home), **secrets}) as fake:
         (home / "ray_bootstrap_config.yaml").write_text(fake.config_path.read_text())
         fake.home = home
         print(f"fake cluster up in {time.monotonic() - started:.0f}s")
@@ -118,7 +120,10 @@ def test_b_a_node_lost_mid_run(fake, reference, tmp_path):
         if run.poll() is None:
             run.kill()
     assert run.returncode == 0, log
-    assert "1 worker(s) lost, 1 unit(s) retried" in log, [line for line in log.splitlines() if "units:" in line]
+    # the lost actor's book is retried; a replacement actor placed on the node before Ray knew it was gone may be
+    # lost too, with no unit
+    lost = re.search(r"units: 4 done, 0 failed, 0 already finished; (\d+) worker\(s\) lost, 1 unit\(s\) retried", log)
+    assert lost and int(lost.group(1)) >= 1, [line for line in log.splitlines() if "units:" in line]
     every_book_once(out)
     assert ppl(out) == pytest.approx(reference, rel=1e-6)
     if not new_nodes:  # launched while the run went on, up just after it
@@ -162,7 +167,8 @@ def test_a_sweep_on_a_cluster_needs_storage_every_node_reaches(fake, tmp_path):
     command = [sys.executable, str(ROOT / "orchestration" / "run_sweep.py"), "--model", str(TINYLM), "--data",
                str(PG19_BOOKS), "--split", "test", "--allow_test", "--book_ids", BOOKS[0], "--grid",
                "memory_width=8,16", "--output", str(tmp_path / "sweep")]
-    run = subprocess.run(command, cwd=ROOT, env=fake.client_env(), capture_output=True, text=True, check=False, timeout=120)
+    run = subprocess.run(command, cwd=ROOT, env=fake.client_env(), capture_output=True, text=True, check=False,
+                         timeout=120)
     assert run.returncode == 2 and "error: on a cluster, --tune_storage is required" in run.stderr
 
 
@@ -181,7 +187,8 @@ def test_a_dead_cluster_address_fails_in_seconds_naming_the_way_out(tiny_path, t
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     for extra, way_out in (({"RAY_TMPDIR": str(tmp_path)}, f"delete {tmp_path / 'ray' / 'ray_current_cluster'}"),
                            ({"RAY_ADDRESS": dead}, "unset RAY_ADDRESS")):
-        run = subprocess.run(command, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, check=False, timeout=120)
+        run = subprocess.run(command, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, check=False,
+                             timeout=120)
         errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
         assert run.returncode == 2 and len(errors) == 1, run.stderr
         assert f"no Ray cluster answers at {dead}" in errors[0] and way_out in errors[0]
@@ -206,8 +213,8 @@ print(json.dumps({"started": started, "hosts": sorted(hosts), "token": is_token_
 
 def test_a_local_ray_listens_on_loopback_only_with_token_auth(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}  # as a user's shell
-    run = subprocess.run([sys.executable, "-c", LOCAL_RAY], cwd=ROOT, capture_output=True, text=True, check=False, timeout=180,
-                         env={**env, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    run = subprocess.run([sys.executable, "-c", LOCAL_RAY], cwd=ROOT, capture_output=True, text=True, check=False,
+                         timeout=180, env={**env, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr
     facts = json.loads(run.stdout.strip().splitlines()[-1])
     assert facts["started"] and facts["token"] and (tmp_path / ".ray" / "auth_token").exists()

@@ -255,7 +255,8 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
                 metric="ppl", mode="min", scheduler=scheduler, max_concurrent_trials=min(at_once, len(todo)),
                 reuse_actors=True, trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
             run_config=tune.RunConfig(
-                storage_path=storage_path or str((Path(output) / TUNE_DIR).resolve()), name=time.strftime("trials-%Y%m%d-%H%M%S"),
+                storage_path=storage_path or str((Path(output) / TUNE_DIR).resolve()),
+                name=time.strftime("trials-%Y%m%d-%H%M%S"),
                 verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
                 callbacks=[_store_writer(store, by_id, len(books), scheduler.stopped_ids if scheduler else set(),
                                          bar)]),
