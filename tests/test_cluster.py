@@ -150,7 +150,7 @@ def test_c_the_run_as_a_ray_job_stopped_and_resubmitted(fake, reference):
     stop = subprocess.run([RAY, "job", "stop", "--address", fake.dashboard_url, "locas-c-1"], env=client_env,
                           capture_output=True, text=True, check=False, timeout=120)
     assert stop.returncode == 0, stop.stderr
-    assert jobs.get_job_status("locas-c-1") == JobStatus.STOPPED
+    assert jobs.get_job_status("locas-c-1") == JobStatus.STOPPED, jobs.get_job_logs("locas-c-1")[-3000:]
     done = ledger_lines(out)
     assert 1 <= done < len(BOOKS), "the job should have stopped midway"
     first_log = jobs.get_job_logs("locas-c-1")
