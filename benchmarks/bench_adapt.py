@@ -21,8 +21,8 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
 
 from benchmarks.common import PRESETS, build_model, device_name, sync, synthetic_tokens, timed
 from locas.adapt import Adapter, Slot, WindowBatch
-from locas.documents import Document, sliding_windows
 from locas.config import AdaptConfig
+from locas.documents import Document, sliding_windows
 from locas.memory import memory_branch
 from locas.methods import make_method
 

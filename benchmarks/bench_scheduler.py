@@ -1,90 +1,125 @@
-"""Scheduler efficiency on a local Ray: makespan against its lower bound, and per-unit dispatch overhead.
+"""Scheduler efficiency on local Ray actors: the PG-19 test books replayed with a measured step-latency table.
 
-    python -m benchmarks.bench_scheduler --units 60 --workers 2
+    python -m benchmarks.bench_scheduler                       # 1, 2 and 8 actors, eager H100 latencies
+    python -m benchmarks.bench_scheduler --latency 1:0.046,8:0.330 --actors 8   # the compiled table
 
-Units sleep in proportion to their size; sizes follow the PG-19 test books' lengths (the books in
-../shared/data/pg19/books, resampled with jitter; a log-normal fit of PG-19 lengths when that is absent).
-Prints makespan / max(total work / workers, longest unit), and the overhead per dispatched unit.
+The books are the 99 of ../shared/data/pg19/test_lengths.csv (characters, ~4.3 per Qwen3 token; 2,048-token
+windows). Each is a unit whose runner adapts no model: a step of `b` books batched sleeps the table's
+latency L(b), scaled down by --scale, and advances each book one window. Everything else is the real path:
+the Scheduler (with its deadline admission), Worker streams, inboxes and continuous refill on Ray actors.
+Prints, per number of actors, the makespan over the bound max(total windows · best cost per window /
+actors, longest book · L(1)), both in unscaled seconds.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
+import math
 import os
-import random
 import sys
 import tempfile
 import time
 
 from benchmarks.common import SHARED
+from orchestration.policy import StepLatency
+
+EAGER_H100 = "1:0.163,4:0.279,8:0.533"  # Qwen3-1.7B shape, window 2,048 (issue 13)
 
 
-def book_sizes(count: int, seed: int = 0) -> list[int]:
-    rng = random.Random(seed)
-    books = sorted((SHARED / "data" / "pg19" / "books").glob("*.txt"))
-    lengths = [p.stat().st_size for p in books] or None
-    if lengths:
-        return [int(rng.choice(lengths) * rng.uniform(0.7, 1.3)) for _ in range(count)]
-    return [int(rng.lognormvariate(13.0, 0.6)) for _ in range(count)]  # ~440 KB median, as PG-19
+def book_windows(window: int = 2048, chars_per_token: float = 4.3) -> list[int]:
+    with open(SHARED / "data" / "pg19" / "test_lengths.csv") as handle:
+        return [math.ceil(int(row["chars_lf"]) / chars_per_token / (window - 1)) for row in csv.DictReader(handle)]
 
 
-def sleeping_runner(model, units, slots, progress):
-    for unit in units:
-        time.sleep(unit.payload["seconds"])
-        yield unit.unit_id, [{"kind": "bench", "seconds": unit.payload["seconds"]}]
+def simulated_runner(latency: StepLatency, scale: float):
+    """A task runner that sleeps instead of adapting: a step of b units (at most `slots`) takes
+    latency(b)·scale and moves each of them one window on; a freed slot takes the next unit at once. Its
+    `latency` is the table."""
+    def run(model, units, slots, progress):
+        active: dict[str, list] = {}  # unit_id → [unit, windows left, batch it joined, step it joined]
+        step = 0
+        while True:
+            while len(active) < slots and (unit := units.take(wait=not active)) is not None:
+                active[unit.unit_id] = [unit, unit.payload["windows"], len(active) + 1, step]
+            if not active:
+                return
+            time.sleep(latency(len(active)) * scale)
+            step += 1
+            for unit_id, entry in list(active.items()):
+                entry[1] -= 1
+                if entry[1] == 0:
+                    unit, _, joined, at = active.pop(unit_id)
+                    yield unit_id, [{"kind": "bench", "windows": unit.payload["windows"], "joined_batch": joined,
+                                     "joined_step": at, "ended_step": step, "pid": os.getpid()}]
+
+    run.latency = lambda model, unit, batch_sizes: {b: latency(b) * scale for b in batch_sizes}
+    return run
 
 
 def fake_loader(spec):
     return object()
 
 
-def run(units, workers, output):
+def bench_units(windows: list[int], batch: int = 8):
+    from orchestration.units import Unit
+
+    return [Unit(f"bench:{i}:r", "bench", str(i), size=w, payload={"windows": w}, run_id="r", steps=w, batch=batch)
+            for i, w in enumerate(windows)]
+
+
+def makespan(units, actors: int, latency: StepLatency, scale: float, output: str) -> float:
+    """Seconds (unscaled) to run `units` on `actors` local actors through the Scheduler, with the latency
+    table given (as a measured one would be). The actors are started first: starting processes is not
+    scheduling, and scaled-down time would magnify it."""
+    import ray
+
     from locas.config import ModelSpec
     from orchestration.scheduler import Scheduler
     from orchestration.store import RunStore
     from orchestration.worker import remote_worker_class
 
-    store = RunStore(output).open("bench", {"bench": True}, "bench")
-    actor = remote_worker_class(0)
-
-    def make_worker():
-        return actor.remote(ModelSpec(model="none", device="cpu"), {"bench": sleeping_runner}, fake_loader)
-
+    store = RunStore(output).open("bench", {"bench": True}, "r")
+    runner = simulated_runner(latency, scale)
+    started = [remote_worker_class(0).remote(ModelSpec(model="none", device="cpu"), {"bench": runner}, fake_loader)
+               for _ in range(actors)]
+    ray.get([actor.info.remote() for actor in started])
+    scaled = StepLatency({b: s * scale for b, s in latency.points})
     start = time.perf_counter()
-    Scheduler(make_worker, store, num_workers=workers).run(units)
-    return time.perf_counter() - start
+    Scheduler(started.pop, store, num_workers=actors, latency=scaled).run(units)
+    return (time.perf_counter() - start) / scale
+
+
+def bound(windows: list[int], actors: int, slots: int, latency: StepLatency) -> float:
+    _, per_window = latency.best(slots)
+    return max(sum(windows) * per_window / actors, max(windows) * latency(1))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--units", type=int, default=60)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seconds_per_mb", type=float, default=1.0, help="simulated work per MB of book text")
-    p.add_argument("--overhead_units", type=int, default=200, help="empty units for the dispatch overhead")
+    p.add_argument("--latency", default=EAGER_H100, help="batch:seconds,... of one window step")
+    p.add_argument("--actors", default="1,2,8", help="numbers of actors to run with")
+    p.add_argument("--slots", type=int, default=8)
+    p.add_argument("--scale", type=float, default=0.2, help="time scale of the replay")
     args = p.parse_args(argv)
 
     import ray
 
-    from orchestration.units import Unit
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    latency = StepLatency.parse(args.latency)
+    windows = book_windows()
+    counts = [int(a) for a in args.actors.split(",")]
+    ray.init(num_cpus=max(counts), include_dashboard=False, log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    sizes = book_sizes(args.units)
-    work = [s / 1e6 * args.seconds_per_mb for s in sizes]
-    units = [Unit(f"bench:{i}:x", "bench", str(i), s, {"seconds": w}) for i, (s, w) in enumerate(zip(sizes, work))]
-    empty = [Unit(f"bench:e{i}:x", "bench", f"e{i}", 0, {"seconds": 0.0}) for i in range(args.overhead_units)]
+    figures = {"date": datetime.date.today().isoformat(), "books": len(windows), "windows": sum(windows),
+               "longest_book_windows": max(windows), "latency": args.latency, "scale": args.scale}
     with tempfile.TemporaryDirectory() as tmp:
-        run(units[:2], args.workers, f"{tmp}/warm")  # actor start-up is not the scheduler's cost
-        makespan = run(units, args.workers, f"{tmp}/units")
-        empty_span = run(empty, args.workers, f"{tmp}/empty")
-    bound = max(sum(work) / args.workers, max(work))
-    figures = {"date": datetime.date.today().isoformat(), "units": args.units, "workers": args.workers,
-               "total_work_s": sum(work), "longest_unit_s": max(work), "makespan_s": makespan,
-               "makespan_over_bound": makespan / bound,
-               "dispatch_overhead_ms_per_unit": 1000 * empty_span * args.workers / args.overhead_units}
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}, indent=1))
+        for actors in counts:
+            span = makespan(bench_units(windows, args.slots), actors, latency, args.scale, f"{tmp}/a{actors}")
+            limit = bound(windows, actors, args.slots, latency)
+            figures[f"{actors}_actors"] = {"makespan_s": round(span, 1), "bound_s": round(limit, 1),
+                                           "makespan_over_bound": round(span / limit, 3)}
+    print(json.dumps(figures, indent=1))
     ray.shutdown()
 
 

@@ -19,7 +19,7 @@ import torch
 
 from locas import losses
 from locas.config import AdaptConfig
-from locas.documents import Document, DocumentResult, WindowResult
+from locas.documents import Document, DocumentResult, Source, WindowResult, sliding_windows
 from locas.errors import LocasError
 from locas.methods import make_method
 from locas.model import CausalLMWithMemory, token_nll
@@ -275,21 +275,20 @@ class Adapter:
         return StepOutput(nll, train_loss)
 
     # ---- the loop ---------------------------------------------------------------------------------------
-    def run(self, documents: Iterable[Document], batch_size: int = 1, progress=None) -> Iterator[DocumentResult]:
-        """Yield each document's result as it finishes (see DocumentResult); `progress` (a tqdm-like bar)
-        advances by one per document window."""
+    def run(self, documents: Iterable[Document] | Source, batch_size: int = 1, progress=None) -> Iterator[DocumentResult]:
+        """Yield each document's result as it finishes (see DocumentResult). `documents` is a list or a
+        Source whose documents may arrive while it runs: a free slot takes the next one at once. `progress`
+        (a tqdm-like bar) advances by one per document window."""
         method, device = self.method, self.model.device
         num_slots = max(1, min(batch_size, method.max_slots or batch_size))
         method.start(num_slots)
-        queue = iter(documents)
+        source = Source.of(documents)
         clock = StepClock(device)
         slots: list[Slot | None] = [None] * num_slots
         previous: list[tuple[Slot, int]] = []  # the last step's (slot, window) pairs whose flags are pending
         previous_flags = None
         try:
-            for i in range(num_slots):
-                slots[i] = self._fill(i, queue, clock)
-            while any(slots):
+            while self._fill(slots, source, clock):
                 active = [s for s in slots if s is not None]
                 batch = WindowBatch(active, self.width, device)
                 started = clock.mark()
@@ -313,14 +312,22 @@ class Adapter:
                 for slot in active:
                     if slot.index in bad or slot.last_window:
                         yield slot.finish(bad.get(slot.index))  # the slot still holds this document's state
-                        slots[slot.index] = self._fill(slot.index, queue, clock)
+                        slots[slot.index] = None
         finally:
             method.finish()
 
-    def _fill(self, index: int, queue, clock: StepClock) -> Slot | None:
-        doc = next(queue, None)
-        if doc is None:
-            return None
+    def _fill(self, slots: list[Slot | None], source: Source, clock: StepClock) -> bool:
+        """Give every free slot the next document that is there; with none running, wait for one. Returns
+        whether any slot is busy (False: the source is done)."""
+        for index in range(len(slots)):
+            if slots[index] is None:
+                doc = source.take(wait=not any(slots))
+                if doc is None:
+                    break
+                slots[index] = self._start(index, doc, clock)
+        return any(slots)
+
+    def _start(self, index: int, doc: Document, clock: StepClock) -> Slot:
         if not doc.windows:
             raise LocasError(f"document {doc.doc_id} has no window to score")
         first = doc.windows[0]
@@ -368,3 +375,18 @@ def adapted(model: CausalLMWithMemory, document: Document, cfg: AdaptConfig, pro
             raise LocasError(f"adaptation on {document.doc_id} failed ({result.error})")
         with torch.no_grad(), method.forward_context(torch.tensor([result.slot], device=model.device)):
             yield result, method
+
+
+def step_latency(model: CausalLMWithMemory, cfg: AdaptConfig, batch_sizes, steps: int = 3) -> dict[int, float]:
+    """Median seconds of one window step with `b` documents batched, for each `b`, measured here on random
+    tokens (a warm-up step first): the latency model the scheduler sizes batches with."""
+    generator = torch.Generator().manual_seed(0)
+    latency = {}
+    for b in batch_sizes:
+        length = (cfg.window_size - cfg.overlap) * (steps + 1) + 1
+        docs = [Document(f"probe{i}", torch.randint(1, model.config.vocab_size, (length,), generator=generator),
+                         sliding_windows(length, cfg.window_size, cfg.overlap)) for i in range(b)]
+        results = list(adapt_documents(model, docs, cfg, batch_size=b))
+        shares = sorted(w.seconds * b for r in results[:1] for w in r.windows[1:])
+        latency[b] = shares[len(shares) // 2]
+    return latency

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import torch
 
@@ -80,3 +81,41 @@ def chunk_windows(chunk_bounds: list[tuple[int, int]], window_size: int) -> list
             if end - start >= 2:
                 windows.append(Window(start, end, start + 1))
     return windows
+
+
+class Source:
+    """Items taken one at a time, as slots free: `take(wait=False)` gives the next item that is there now or
+    None; `take(wait=True)` waits for one and gives None only when there will be no more. A list is a source
+    whose items are all there (`Source.of`); a worker's inbox is one whose items arrive while it runs."""
+
+    def take(self, wait: bool):
+        raise NotImplementedError
+
+    def __iter__(self):
+        while (item := self.take(wait=True)) is not None:
+            yield item
+
+    def map(self, fn) -> "Source":
+        """The same items, each passed through `fn` as it is taken."""
+        return _Mapped(self, fn)
+
+    @staticmethod
+    def of(items) -> "Source":
+        return items if isinstance(items, Source) else _Listed(items)
+
+
+class _Listed(Source):
+    def __init__(self, items: Iterable):
+        self._items = iter(items)
+
+    def take(self, wait: bool):
+        return next(self._items, None)
+
+
+class _Mapped(Source):
+    def __init__(self, source: Source, fn):
+        self.source, self.fn = source, fn
+
+    def take(self, wait: bool):
+        item = self.source.take(wait)
+        return None if item is None else self.fn(item)

@@ -9,6 +9,7 @@ error rows say why; `--retry_failed` runs them again).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -39,6 +40,8 @@ class RunOptions(Settings):
     cluster_config: str | None = option(None, "the cluster yaml whose node types bound --num_gpus (default: "
                                         "~/ray_bootstrap_config.yaml, which `ray up` leaves on the head)")
     retry_failed: bool = option(False, "run again the units this run folder ledgered as failed")
+    step_latency: str | None = option(None, "seconds of one window step by batch size, e.g. 1:0.163,4:0.279,8:0.533; "
+                                      "unset: measured on each GPU actor when it starts (batches are sized with it)")
     demo: bool = option(False, "a tiny model and built-in text on a local Ray: the whole path in under 2 minutes")
     no_progress: bool = option(False, "no progress bar")
 
@@ -55,8 +58,9 @@ class Plan:
     args: argparse.Namespace  # every flag, the script's own too
 
 
-def build_parser(task: Task, description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser(task: Task, description: str | None = None,
+                 parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser = parser_class(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_flags(parser, ModelSpec, "model")
     add_flags(parser, AdaptConfig, "method, memory and optimizer")
     add_flags(parser, task.options, f"{task.name} data")
@@ -65,16 +69,18 @@ def build_parser(task: Task, description: str | None = None) -> argparse.Argumen
 
 
 def parse(task: Task, argv, description: str | None = None, parser: argparse.ArgumentParser | None = None,
-          demo_task: str | None = None) -> Plan:
+          demo_task: str | None = None, demo_inputs: Path | None = None) -> Plan:
     """Flags → configs (`parser`: a script's own, with flags of its own beside the task's). `--demo` fills in
-    the demo inputs of `demo_task` (default: the task's) first; `--output` is required."""
-    args = (parser or build_parser(task, description)).parse_args(argv)
+    the demo inputs of `demo_task` (default: the task's; made under `demo_inputs`, default the run's own
+    folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
+    parser = parser or build_parser(task, description)
+    args = parser.parse_args(argv)
     if args.output:  # first, so that --demo puts its inputs under the folder the run will use
         args.output = str(resolve_output(args.output))
     if args.demo:
         from orchestration.demo import prepare_demo
 
-        prepare_demo(demo_task or task.name, args)
+        prepare_demo(demo_task or task.name, args, parser, demo_inputs)
     if not args.output:
         raise LocasError("--output is required: the run folder where the results go")
     args.output = str(resolve_output(args.output))  # the --demo default too
@@ -83,6 +89,10 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
     run = from_flags(args, RunOptions)
     if run.num_gpus < 0 or run.num_workers < 1 or (run.batch_size is not None and run.batch_size < 1):
         raise LocasError("--num_gpus must be >= 0, --num_workers >= 1 and --batch_size >= 1")
+    if run.step_latency:
+        from orchestration.policy import StepLatency
+
+        StepLatency.parse(run.step_latency)  # a mistake fails before anything starts
     local = Path(args.model).expanduser()
     spec = from_flags(args, ModelSpec).replace(model=str(local.resolve()) if local.exists() else args.model)
     return Plan(task, spec, task.configure(from_flags(args, AdaptConfig)), resolved(from_flags(args, task.options)),
@@ -132,16 +142,19 @@ def check_model(spec: ModelSpec, cfg: AdaptConfig | None = None) -> None:
                          "use a smaller window (or --teacher_context)")
 
 
-def batch_size(plan: Plan) -> int:
-    """Units per actor: the flag, else on GPUs the method's batch where documents batch (PG-19 under locas
-    or none), else 1 (LoRA, GRPO, LoCoMo and MMLU units run one at a time: more would idle other GPUs)."""
+def batch_size(plan: Plan, pool: RunOptions | None = None) -> int:
+    """Documents adapted at once per actor: the run's flag, else on GPUs (the run's, or the pool's it runs
+    in) the method's batch where documents batch (PG-19 under locas or none), else 1 (LoRA, GRPO, LoCoMo and
+    MMLU units run one at a time: more would idle other GPUs)."""
     if plan.run.batch_size is not None:
         return plan.run.batch_size
-    return plan.cfg.batch_on_gpu() if plan.task.name == "pg19" and plan.run.num_gpus else 1
+    on_gpu = (pool or plan.run).num_gpus
+    return plan.cfg.batch_on_gpu() if plan.task.name == "pg19" and on_gpu else 1
 
 
 def execute(plan: Plan, units: list, config: dict, run_id: str):
-    """Start or join Ray, get the GPUs, open the store, run every unit not yet finished; returns the store."""
+    """Start or join Ray, get the GPUs, open the store, run every unit not yet finished; returns (store,
+    scheduler)."""
     from orchestration.cluster import gpus, start_ray
 
     if not units:
@@ -155,6 +168,7 @@ def execute(plan: Plan, units: list, config: dict, run_id: str):
 def _run_units(plan: Plan, units: list, config: dict, run_id: str):
     import ray
 
+    from orchestration.policy import StepLatency
     from orchestration.progress import Progress
     from orchestration.scheduler import Scheduler
     from orchestration.store import RunStore
@@ -166,18 +180,18 @@ def _run_units(plan: Plan, units: list, config: dict, run_id: str):
     spec, on_gpu = plan.spec, bool(plan.run.num_gpus)
     task = plan.task
     progress = Progress(task.name, task.things, task.counts, task.amount, enabled=not plan.run.no_progress)
-    slots = batch_size(plan)
-    scheduler = Scheduler(lambda: actor_class.remote(spec, require_cuda=on_gpu and spec.device != "cpu", slots=slots),
-                          store, num_workers=plan.run.num_gpus or plan.run.num_workers, slots=slots,
-                          progress=progress)
-    counts = scheduler.run(units)
+    batch = batch_size(plan)
+    latency = StepLatency.parse(plan.run.step_latency) if plan.run.step_latency else None
+    scheduler = Scheduler(lambda: actor_class.remote(spec, require_cuda=on_gpu and spec.device != "cpu"), store,
+                          num_workers=plan.run.num_gpus or plan.run.num_workers, progress=progress, latency=latency)
+    counts = scheduler.run([dataclasses.replace(u, batch=batch) for u in units])
     lost = (f"; {counts['worker_deaths']} worker(s) lost, {counts['requeued']} unit(s) retried"
             if counts["worker_deaths"] else "")
     print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished{lost}")
     known = {(w["node"], w["device"]) for w in store.manifest.get("workers", [])}  # earlier runs of this folder
     workers = sorted(known | scheduler.workers, key=str)
     store.update_manifest(workers=[{"node": n, "device": d} for n, d in workers])
-    return store
+    return store, scheduler
 
 
 def run_task(task_name: str, argv=None, description: str | None = None) -> int:
@@ -188,7 +202,7 @@ def run_task(task_name: str, argv=None, description: str | None = None) -> int:
     check_model(plan.spec, plan.cfg)
     config, run_id = run_config(task_name, plan.spec, plan.cfg, plan.options)
     units = plan.task.units(plan.options, plan.cfg, run_id)
-    store = execute(plan, units, config, run_id)
+    store, _ = execute(plan, units, config, run_id)
     runs = load_run(store.path)
     table = plan.task.table(runs)
     if len(table):

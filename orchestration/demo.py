@@ -31,16 +31,19 @@ def demo_inputs(root: Path) -> dict[str, Path]:
     with open(mmlu / "sailing_test.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["question", "choice0", "choice1", "choice2", "choice3", "answer"])
-        writer.writerows(sample_questions("sailing"))
+        writer.writerows(sample_questions("sailing", count=16))
     return {"model": model, "books": books, "locomo": conversations, "mmlu": mmlu}
 
 
-def prepare_demo(task: str, args) -> None:
-    """Point a parsed command line at the demo inputs (unless the user named an --output)."""
+def prepare_demo(task: str, args, parser, root: Path | None = None) -> None:
+    """Point a parsed command line at the demo inputs (made under `root`, default the run's folder), CPU and
+    float32; small windows and memory unless the command line set its own."""
     args.output = args.output or f"runs/demo-{task}"
-    inputs = demo_inputs(Path(args.output) / "demo-inputs")
+    inputs = demo_inputs(root or Path(args.output) / "demo-inputs")
     args.model, args.dtype, args.num_gpus = str(inputs["model"]), "float32", 0
-    args.window_size, args.memory_width = 256, 32
+    for name, small in (("window_size", 256), ("memory_width", 32)):
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, small)
     if task in ("pg19", "sweep"):
         args.data = str(inputs["books"])
     elif task == "locomo":

@@ -22,8 +22,9 @@ class Progress:
     `amount(rows)` how many of those a finished unit's rows hold."""
 
     def __init__(self, desc: str, things: str, counts: str, amount: Callable[[list[dict]], int],
-                 enabled: bool = True):
+                 enabled: bool = True, position: int | None = None):
         self.desc, self.things, self.counts, self.amount, self.enabled = desc, things, counts, amount, enabled
+        self.position = position
         self.bar = None
 
     def start(self, units) -> None:
@@ -34,6 +35,7 @@ class Progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=len(units), desc=self.desc, unit=self.things.rstrip("s"), dynamic_ncols=True,
+                            position=self.position,
                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} " + self.things + " [{elapsed}{postfix}]")
 
     def postfix(self) -> str:
@@ -55,3 +57,25 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class StudyProgress:
+    """A study's display: one bar per run (its units, its rate, its ETA); a unit advances its run's bar."""
+
+    def __init__(self, bars: dict[str, Progress]):
+        self.bars = bars  # run_id → its bar
+
+    def start(self, units) -> None:
+        for run_id, bar in self.bars.items():
+            bar.start([u for u in units if u.run_id == run_id])
+
+    def advance(self, unit, rows: list[dict]) -> None:
+        self.bars[unit.run_id].advance(unit, rows)
+
+    def tick(self) -> None:
+        for bar in self.bars.values():
+            bar.tick()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()

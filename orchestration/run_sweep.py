@@ -17,13 +17,16 @@ per-trial table is OUT/trials.csv.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from locas.config import Settings, option
 from locas.data.pg19 import load_books, refuse_test_books
 from locas.errors import LocasError
-from orchestration.cli import build_parser, check_model, cli_main, parse, resolve_output
+from orchestration.cli import Plan, build_parser, check_model, cli_main, parse, resolve_output
 from orchestration.flags import add_flags, from_flags
 from orchestration.sweep.space import expand_space, parse_space
 from orchestration.tasks import TASKS, split_list
@@ -51,19 +54,35 @@ class SweepOptions(Settings):
                                    "holds the test split, else emozilla/pg19)")
 
 
-def _parser():
-    parser = build_parser(TASKS["pg19"], __doc__.splitlines()[0])
+def sweep_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """run_pg19.py's flags (the dev split by default), and the sweep's."""
+    parser = build_parser(TASKS["pg19"], __doc__.splitlines()[0], parser_class)
     add_flags(parser, SweepOptions, "sweep")
     parser.set_defaults(split="validation")
     return parser
 
 
-@cli_main
-def main(argv=None):
-    from orchestration.cluster import gpus, start_ray
-    from orchestration.sweep.driver import run_sweep
+@dataclass
+class SweepPlan:
+    """A sweep as parsed: the run's plan (its flags), the sweep's options, its space and its trials' configs;
+    `trials` are the same plans with each trial's config, for a study (one run folder per trial)."""
 
-    plan = parse(TASKS["pg19"], argv, parser=_parser(), demo_task="sweep")
+    plan: Plan
+    sweep: SweepOptions
+    space: object
+    configs: list
+
+    @property
+    def trials(self) -> list[Plan]:
+        output = Path(self.plan.run.output)
+        return [dataclasses.replace(self.plan, cfg=cfg, run=self.plan.run.replace(output=str(output / cfg.config_id)))
+                for cfg in self.configs]
+
+
+def plan_sweep(argv, parser=None, demo_inputs: Path | None = None, check_models: bool = True) -> SweepPlan:
+    """Flags → the sweep's plan: its space expanded into trials, the test split refused (unless allowed), the
+    widest memory checked against the model. Nothing is written."""
+    plan = parse(TASKS["pg19"], argv, parser=parser or sweep_parser(), demo_task="sweep", demo_inputs=demo_inputs)
     sweep = from_flags(plan.args, SweepOptions)
     if plan.run.demo and not (sweep.grid or sweep.sample or sweep.space):
         sweep = sweep.replace(grid=DEMO_GRID)
@@ -71,7 +90,18 @@ def main(argv=None):
                         sweep.sample_seed if sweep.sample_seed is not None else plan.cfg.seed)
     configs = expand_space(space, plan.cfg)
     refuse_test_books(plan.options.data, plan.options.split, allow_test=sweep.allow_test)
-    check_model(plan.spec, max(configs, key=lambda c: (c.method == "locas", c.memory_width)))
+    if check_models:
+        check_model(plan.spec, max(configs, key=lambda c: (c.method == "locas", c.memory_width)))
+    return SweepPlan(plan, sweep, space, configs)
+
+
+@cli_main
+def main(argv=None):
+    from orchestration.cluster import gpus, start_ray
+    from orchestration.sweep.driver import run_sweep
+
+    planned = plan_sweep(argv)
+    plan, sweep, space, configs = planned.plan, planned.sweep, planned.space, planned.configs
     books = load_books(plan.options.data, split=plan.options.split, ids=split_list(plan.options.book_ids),
                        max_books=plan.options.max_books)
     refuse_test_books(plan.options.data, plan.options.split, [b.book_id for b in books], allow_test=sweep.allow_test)

@@ -20,17 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-from analysis.rows import (
-    LEDGER,
-    MANIFEST,
-    ROWS,
-    STATUSES,
-    SUMMARY,
-    iter_rows,
-    parse_line,
-    read_ledger,
-    read_manifest,
-)
+from analysis.rows import LEDGER, MANIFEST, ROWS, STATUSES, SUMMARY, iter_rows, parse_line, read_ledger, read_manifest
 from locas.errors import LocasError
 
 TRACEBACKS = "tracebacks"

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from locas.config import AdaptConfig, ModelSpec, Settings, option
+from locas.documents import Source
 from locas.errors import LocasError
 from orchestration.units import Unit
 
 Rows = list[dict]
-Runner = Callable[[object, list[Unit], int, object], Iterator[tuple[str, Rows]]]  # (model, units, slots, progress)
+Runner = Callable[[object, Source, int, object], Iterator[tuple[str, Rows]]]  # (model, units, slots, progress)
+"""A runner takes the units of one group (one model, task and config: `units.head` says which) as slots free,
+and yields (unit_id, rows) as each finishes; `units` is an orchestration.worker.Taken source."""
 
 
 # --- options: each field is a flag of the task's script -------------------------------------------------
@@ -98,10 +102,16 @@ def run_config(task: str, spec: ModelSpec, cfg: AdaptConfig, options: Settings) 
     return config, run_id
 
 
+CHARS_PER_TOKEN = 4.3
+"""English text per Qwen3-style token, to size units in windows before any tokenizer is loaded."""
+
+
 def make_unit(task: str, item_id: str, size: int, cfg: AdaptConfig, run_id: str, item, **options) -> Unit:
+    """`size` in characters; the unit's estimated window steps follow from it."""
+    steps = math.ceil(size / CHARS_PER_TOKEN / (cfg.window_size - cfg.overlap))
     return Unit(unit_id=f"{task}:{item_id}:{run_id}", task=task, item_id=str(item_id), size=int(size),
                 payload={"item": item, "adapt": cfg.to_dict(), "options": options}, config_id=cfg.config_id,
-                method=cfg.method)
+                method=cfg.method, run_id=run_id, steps=max(1, steps))
 
 
 def _adapt(unit: Unit) -> AdaptConfig:
@@ -119,15 +129,27 @@ def pg19_units(options: PG19Options, cfg: AdaptConfig, run_id: str) -> list[Unit
     return [make_unit("pg19", book.book_id, len(book.text), cfg, run_id, book) for book in books]
 
 
-def run_pg19(model, units: list[Unit], slots: int = 1, progress=None) -> Iterator[tuple[str, Rows]]:
+def run_pg19(model, units, slots: int = 1, progress=None) -> Iterator[tuple[str, Rows]]:
     """Books of one config, `slots` at a time; a finished book's slot takes the next book at once."""
     from locas.tasks.pg19 import run_pg19_books
 
-    by_book = {u.payload["item"].book_id: u for u in units}
-    books = [u.payload["item"] for u in units]
-    for book, rows in run_pg19_books(model, model.tokenizer, books, _adapt(units[0]), batch_size=slots):
-        yield by_book[book.book_id].unit_id, rows
+    by_book: dict[str, Unit] = {}
 
+    def book(unit: Unit):
+        by_book[unit.payload["item"].book_id] = unit
+        return unit.payload["item"]
+
+    for done, rows in run_pg19_books(model, model.tokenizer, units.map(book), _adapt(units.head), batch_size=slots):
+        yield by_book.pop(done.book_id).unit_id, rows
+
+
+def pg19_latency(model, unit: Unit, batch_sizes) -> dict[int, float]:
+    from locas.adapt import step_latency
+
+    return step_latency(model, _adapt(unit), batch_sizes)
+
+
+run_pg19.latency = pg19_latency  # the step-latency model its batches are sized with
 
 # --- LoCoMo -----------------------------------------------------------------------------------------------
 
@@ -144,7 +166,7 @@ def locomo_units(options: LocomoOptions, cfg: AdaptConfig, run_id: str) -> list[
                       **knobs) for c in conversations]
 
 
-def run_locomo(model, units: list[Unit], slots: int = 1, progress=None) -> Iterator[tuple[str, Rows]]:
+def run_locomo(model, units, slots: int = 1, progress=None) -> Iterator[tuple[str, Rows]]:
     from locas.tasks.locomo import run_locomo_conversation
 
     for unit in units:
@@ -176,7 +198,7 @@ def mmlu_units(options: MMLUOptions, cfg: AdaptConfig, run_id: str) -> list[Unit
                     for b in books]
 
 
-def run_mmlu(model, units: list[Unit], slots: int = 1, progress=None) -> Iterator[tuple[str, Rows]]:
+def run_mmlu(model, units, slots: int = 1, progress=None) -> Iterator[tuple[str, Rows]]:
     from locas.tasks.mmlu import run_mmlu_base, run_mmlu_retention
 
     for unit in units:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from locas.config import ModelSpec
 from locas.errors import LocasError
 
 
@@ -23,6 +24,10 @@ class Unit:
     payload: dict = field(default_factory=dict)
     config_id: str | None = None
     method: str | None = None
+    run_id: str | None = None  # the run whose folder its rows go to
+    spec: ModelSpec | None = None  # the model it needs (None: the worker's own)
+    steps: int = 1  # estimated window steps, for batch sizing (orchestration.policy)
+    batch: int = 1  # at most this many units of its batch key adapted at once
 
     def __post_init__(self):
         if not isinstance(self.unit_id, str) or not self.unit_id:
@@ -32,8 +37,8 @@ class Unit:
 
     @property
     def batch_key(self) -> tuple:
-        """Units that may share a batch: the same task under the same adaptation config."""
-        return self.task, self.config_id
+        """Units that may share a batch: the same model, task and adaptation config."""
+        return self.spec, self.task, self.config_id
 
 
 def row_keys(unit: Unit) -> dict:

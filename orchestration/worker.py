@@ -1,22 +1,25 @@
-"""The worker: one long-lived process per GPU (or CPU slot) that loads the model once and runs units.
+"""The worker: one long-lived process per GPU (or CPU slot) that keeps its model loaded and runs units.
 
-`Worker` is a plain class: tests and notebooks use it without Ray. The scheduler wraps it with
-`remote_worker_class(num_gpus)` and calls `run_units` as a Ray streaming generator, so each unit's rows
-reach the driver as soon as that unit finishes:
+`Worker` is a plain class: tests, notebooks and Tune trials use it without Ray (`run_units`). The scheduler
+wraps it with `remote_worker_class(num_gpus)`: it starts `run_stream` once, as a Ray streaming generator,
+and `give`s units as slots free; each unit's rows reach the driver as soon as that unit finishes:
 
     Actor = remote_worker_class(num_gpus=1)
     actor = Actor.remote(ModelSpec(model="Qwen/Qwen3-1.7B-Base"))
-    for ref in actor.run_units.options(num_returns="streaming").remote(units):
+    stream = actor.run_stream.options(num_returns="streaming").remote()
+    actor.give.remote(units)                      # any time, from the driver's thread
+    for ref in stream:
         unit_id, rows = ray.get(ref)
 
-Every runner takes a list of units and yields (unit_id, rows) as each finishes (`orchestration.tasks`);
-consecutive units of one task and config go to it together (documents batched along the memory's batch
-axis). A unit that raises becomes one error row and the worker goes on. A failure outside any unit (the
-model does not load, no CUDA where a GPU was asked for) raises out of `run_units`, which the scheduler
-treats as fatal for the run.
+Every runner takes a source of units and yields (unit_id, rows) as each finishes (`orchestration.tasks`);
+consecutive units of one model, task and config go to it together: documents batched along the memory's
+batch axis, a freed slot taking the next unit at once. A unit that raises becomes one error row and the
+worker goes on. A failure outside any unit (the model does not load, no CUDA where a GPU was asked for)
+raises out of the stream, which the scheduler treats as fatal for the run.
 """
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -24,7 +27,9 @@ import traceback
 from typing import Callable, Iterator
 
 from locas.config import ModelSpec
+from locas.documents import Source
 from locas.errors import LocasError, error_row
+from orchestration.inbox import Inbox
 from orchestration.units import Unit, row_keys
 
 
@@ -55,43 +60,47 @@ def _progress_bars():
 
 
 class Worker:
-    """Loads the model once (lazily, on the first unit) and runs units through the task runners.
+    """Loads a model (lazily, on the first unit that needs it; again only when a unit needs another) and runs
+    units through the task runners.
 
-    `loader(spec) -> model` is injectable (tests pass a fake one), and so is `runners` (task → runner);
-    by default the model is loaded through locas and the runners are `orchestration.tasks`'.
-    `require_cuda`: the actor was given a GPU, so running on the CPU (a broken CUDA) is refused. `slots`:
-    how many documents of one config it adapts at once.
+    `spec`: the model of units that name none. `loader(spec) -> model` and `runners` (task → runner) are
+    injectable (tests pass fakes); by default the model loads through locas and the runners are
+    `orchestration.tasks`'. `require_cuda`: the actor was given a GPU, so running on the CPU (a broken CUDA)
+    is refused. How many documents of one group it adapts at once is its units' `batch`.
     """
 
     def __init__(self, spec: ModelSpec, runners: dict | None = None, loader: Callable | None = None,
-                 require_cuda: bool = False, slots: int = 1):
+                 require_cuda: bool = False):
         if runners is None:
             from orchestration.tasks import runners as task_runners
 
             runners = task_runners()
-        self.spec, self.runners, self.require_cuda, self.slots = spec, dict(runners), require_cuda, slots
+        self.spec, self.runners, self.require_cuda = spec, dict(runners), require_cuda
         self.loader = loader or _load
-        self.model = None
+        self.model, self.loaded = None, None  # the model in memory and the spec it was loaded from
         self.load_count = 0
         self.node = node_name()
         self.device = None  # set on load: "cpu" or e.g. "cuda:0 NVIDIA H100 80GB HBM3"
+        self.inbox = Inbox()
+        self.attempts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ loading
-    def _resolve_device(self) -> str:
-        device = self.spec.device
-        if device != "auto":
-            return device
+    def _resolve_device(self, spec: ModelSpec) -> str:
+        if spec.device != "auto":
+            return spec.device
         try:
             import torch
         except ImportError:
             return "cpu"
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def load(self):
-        """Load the model if not loaded yet, on exactly one visible GPU when on CUDA. Returns the model."""
-        if self.load_count:
+    def load(self, spec: ModelSpec | None = None):
+        """The model of `spec` (default: the worker's), loaded unless it is the one in memory, on exactly one
+        visible GPU when on CUDA."""
+        spec = spec or self.spec
+        if self.loaded == spec:
             return self.model
-        device = self._resolve_device()
+        device = self._resolve_device(spec)
         if self.require_cuda and device != "cuda":
             raise LocasError(f"this actor has a GPU but runs on {device} on {self.node}: CUDA is broken or "
                              "hidden there (check nvidia-smi and the torch build); --device cpu runs on CPUs")
@@ -106,17 +115,28 @@ class Worker:
             self.device = f"cuda:{index} {torch.cuda.get_device_name(index)}"
         else:
             self.device = device
-        self.model = self.loader(self.spec.replace(device=device))
+        self.model = self.loaded = None
+        gc.collect()
+        _release_device_memory()  # one model on a GPU at a time
+        self.model = self.loader(spec.replace(device=device))
+        self.loaded = spec
         self.load_count += 1
         return self.model
 
+    def latency(self, unit: Unit, batch_sizes) -> dict:
+        """{"latency": seconds of one window step by batch size} for units like `unit`, measured here (their
+        model loaded), or None where its task does not batch."""
+        probe = getattr(self.runners.get(unit.task), "latency", None)
+        if probe is None:
+            return {"latency": None}
+        return {"latency": probe(self.load(unit.spec), unit, batch_sizes)}
+
     def info(self) -> dict:
-        """Where this worker runs: node, device (None before the model is loaded), pid, load_count."""
+        """Where this worker runs: node, device (None before a model is loaded), pid, load_count."""
         return {"node": self.node, "device": self.device, "pid": os.getpid(), "load_count": self.load_count}
 
     # ------------------------------------------------------------------ running
-    def _stamp(self, unit: Unit, rows, attempts: dict, error: BaseException | None = None,
-               trace: str | None = None) -> list[dict]:
+    def _stamp(self, unit: Unit, rows, error: BaseException | None = None, trace: str | None = None) -> list[dict]:
         """The unit's rows with the keys that name it and where it ran. A failure is one error row, which
         carries its full `traceback` to the driver (the store keeps it in a file, the row one line)."""
         if error is None:
@@ -125,29 +145,35 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - a runner that returned something else than dicts
                 error, trace = e, "".join(traceback.format_exception(e))
         if error is not None:
-            rows = [{**error_row(error, item_id=unit.item_id), "attempts": attempts.get(unit.unit_id, 1),
+            rows = [{**error_row(error, item_id=unit.item_id), "attempts": self.attempts.get(unit.unit_id, 1),
                      "traceback": trace}]
         keys = {**row_keys(unit), "node": self.node, "device": self.device}
         return [{**row, **keys} for row in rows]
 
-    def _run_group(self, model, units: list[Unit], attempts: dict) -> Iterator[tuple[str, list[dict]]]:
-        """Units of one task and config together; if the runner fails, the units it left run one at a time,
-        so the unit at fault ends as the only error row."""
-        left = {u.unit_id: u for u in units}
-        runner = self.runners.get(units[0].task)
+    def _run_group(self, units: Source) -> Iterator[tuple[str, list[dict]]]:
+        """Units of one model, task and config, taken from `units` as the runner frees slots. If the runner
+        fails, the units it had taken and not answered run again one at a time, so the unit at fault ends
+        as the only error row; the units not taken yet stay in the inbox."""
+        head = units.take(wait=True)
+        if head is None:
+            return
+        runner = self.runners.get(head.task)
         if runner is None:
             known = ", ".join(sorted(self.runners)) or "none"
-            error = LocasError(f"no runner for task {units[0].task!r}; known tasks: {known}")
-            for unit in units:
-                yield unit.unit_id, self._stamp(unit, None, attempts, error)
+            error = LocasError(f"no runner for task {head.task!r}; known tasks: {known}")
+            for unit in [head, *units]:
+                yield unit.unit_id, self._stamp(unit, None, error)
             return
+        model = self.load(head.spec)
+        taken = Taken(head, units)
         failure = None
         try:
-            for unit_id, rows in runner(model, units, self.slots, _progress_bars()):
-                unit = left.pop(unit_id, None)
+            for unit_id, rows in runner(model, taken, head.batch, _progress_bars()):
+                unit = taken.left.pop(unit_id, None)
                 if unit is None:
                     raise LocasError(f"runner answered unit {unit_id!r}, which it was not given or gave twice")
-                yield unit_id, self._stamp(unit, rows, attempts)
+                self.inbox.finished_one()
+                yield unit_id, self._stamp(unit, rows)
         except Exception as e:  # noqa: BLE001 - one unit's failure must not stop the others
             # keep the text, not the frames: they hold the failed step's activations (GPU memory)
             trace = "".join(traceback.format_exception(e))
@@ -156,29 +182,51 @@ class Worker:
         if failure is None:
             return
         _release_device_memory()
-        if len(left) == 1:
-            (unit,) = left.values()
-            yield unit.unit_id, self._stamp(unit, None, attempts, failure, trace)
+        if len(taken.left) == 1:
+            (unit,) = taken.left.values()
+            yield unit.unit_id, self._stamp(unit, None, failure, trace)
             return
-        for unit in left.values():  # which of them failed: each alone
-            yield from self._run_group(model, [unit], attempts)
+        for unit in taken.left.values():  # which of them failed: each alone
+            yield from self._run_group(Source.of([unit]))
+
+    def give(self, units: list[Unit], attempts: dict[str, int] | None = None, answer: bool = False) -> None:
+        """More units for the stream; `attempts` (unit_id → attempt) goes into their error rows. `answer`:
+        the driver's answer to a unit this worker finished (a runner filling a freed slot waits for it)."""
+        self.attempts.update(attempts or {})
+        self.inbox.put(list(units), answer)
+
+    def close(self) -> None:
+        """No more units: the stream ends once it has answered every unit given."""
+        self.inbox.close()
+
+    def run_stream(self) -> Iterator[tuple[str, list[dict]]]:
+        """Yield (unit_id, rows) per unit as each finishes, the units given so far and those still to come,
+        until `close`. A failure to load a model raises (no unit of it is answered)."""
+        while (head := self.inbox.head()) is not None:
+            yield from self._run_group(self.inbox.group(head.batch_key))
 
     def run_units(self, units: list[Unit], attempts: dict[str, int] | None = None) -> Iterator[tuple[str, list[dict]]]:
-        """Yield (unit_id, rows) per unit as each finishes. `attempts` (unit_id → attempt) goes into error rows.
+        """`units` alone, as a stream that is closed from the start: (unit_id, rows) per unit as each finishes."""
+        self.inbox = Inbox()
+        self.give(units, attempts)
+        self.close()
+        yield from self.run_stream()
 
-        Consecutive units of one task and config run together; a failure to load the model raises (no unit
-        is answered); a failing unit gives one error row.
-        """
-        attempts = attempts or {}
-        units = list(units)
-        model = self.load()
-        i = 0
-        while i < len(units):
-            j = i + 1
-            while j < len(units) and units[j].batch_key == units[i].batch_key:
-                j += 1
-            yield from self._run_group(model, units[i:j], attempts)
-            i = j
+
+class Taken(Source):
+    """The units a runner takes, starting with `head` (whose model, task and config are the whole group's),
+    each remembered in `left` until answered."""
+
+    def __init__(self, head: Unit, rest: Source):
+        self.head, self.rest, self.left = head, rest, {head.unit_id: head}
+        self._next: Unit | None = head
+
+    def take(self, wait: bool) -> Unit | None:
+        unit = self._next if self._next is not None else self.rest.take(wait)
+        self._next = None
+        if unit is not None:
+            self.left[unit.unit_id] = unit
+        return unit
 
 
 def _load(spec: ModelSpec):
@@ -192,10 +240,20 @@ def remote_worker_class(num_gpus: float = 0):
     """`Worker` as a Ray actor class: one GPU per actor (or one CPU when num_gpus == 0), never restarted.
 
     A dead actor is not restarted by Ray (max_restarts=0): the scheduler replaces it and re-queues its units.
+    `give` and `close` run on a thread of their own, so units arrive while the stream runs.
     """
     import ray
 
-    options = {"num_gpus": num_gpus, "max_restarts": 0, "max_task_retries": 0}
+    class RemoteWorker(Worker):
+        @ray.method(concurrency_group="inbox")
+        def give(self, units, attempts=None, answer=False):
+            super().give(units, attempts, answer)
+
+        @ray.method(concurrency_group="inbox")
+        def close(self):
+            super().close()
+
+    options = {"num_gpus": num_gpus, "max_restarts": 0, "max_task_retries": 0, "concurrency_groups": {"inbox": 1}}
     if not num_gpus:
         options["num_cpus"] = 1
-    return ray.remote(**options)(Worker)
+    return ray.remote(**options)(RemoteWorker)

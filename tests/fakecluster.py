@@ -18,7 +18,9 @@ Ray 2.60 facts this relies on: the v2 autoscaler needs the provider as `type: ex
 `type: fake_multinode` its monitor dies at start while `ray start` still reports success, so the monitor is
 checked here), the head's node type must be called `ray.head.default` and the head must be started with the
 provider's fixed head node id; `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` keeps every node (and every client) on
-loopback; short health-check periods make a lost node known within seconds.
+loopback; short health-check periods make a lost node known within seconds. Nodes of one machine share the
+session folder, so `OwnDisksProvider` gives each worker node its own runtime_env folder (a job's working dir is
+unpacked once per node, deleting what was there).
 """
 from __future__ import annotations
 
@@ -30,18 +32,46 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import psutil
+import ray._private.parameter as ray_parameter
 import yaml
+from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's fixed id of the head node
 TAG = "LOCAS_FAKE_CLUSTER"
-PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+PROVIDER = "fakecluster.OwnDisksProvider"  # Ray's fake provider, each node with a runtime_env folder of its own
+
+
+class OwnDisksProvider(FakeMultiNodeProvider):
+    """Ray's fake multi-node provider, except that every worker node keeps its runtime_env files (a job's
+    `--working-dir` among them) in a folder of its own, as separate machines do. Ray's nodes of one machine share
+    `<session>/runtime_resources/`, and a node that sets up a job's working dir first deletes the unpacked copy
+    there: the job's driver on the head, and any actor, then find its modules gone mid-run. Loaded by the head's
+    autoscaler (tests/ is on the cluster's PYTHONPATH)."""
+
+    _patch = threading.Lock()
+
+    def _create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
+        real = ray_parameter.RayParams
+
+        def params(*args, **kwargs):
+            node_id = (kwargs.get("env_vars") or {}).get("RAY_OVERRIDE_NODE_ID_FOR_TESTING", uuid.uuid4().hex)
+            kwargs.setdefault("runtime_env_dir_name", f"runtime_resources_{node_id}")
+            return real(*args, **kwargs)
+
+        with self._patch:  # the base class builds its RayParams through the module attribute
+            ray_parameter.RayParams = params
+            try:
+                super()._create_node_with_resources_and_labels(node_config, tags, count, resources, labels)
+            finally:
+                ray_parameter.RayParams = real
 
 
 def free_port() -> int:
@@ -130,7 +160,9 @@ class FakeCluster:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.config_path.write_text(yaml.safe_dump(autoscaling_config(self.address, self.gpu_workers,
                                                                       self.idle_minutes)))
-        env = {**os.environ, **self._loopback_env(), **self.extra_env, TAG: self.tag,
+        loopback = self._loopback_env()
+        loopback["PYTHONPATH"] = os.pathsep.join((str(ROOT / "tests"), loopback["PYTHONPATH"]))  # the provider
+        env = {**os.environ, **loopback, **self.extra_env, TAG: self.tag,
                "RAY_FAKE_CLUSTER": "1", "RAY_enable_autoscaler_v2": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
                "RAY_OVERRIDE_NODE_ID_FOR_TESTING": HEAD_NODE_ID, "RAY_CLOUD_INSTANCE_ID": HEAD_NODE_ID,
                "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",

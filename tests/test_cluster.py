@@ -154,7 +154,8 @@ def test_c_the_run_as_a_ray_job_stopped_and_resubmitted(fake, reference):
     done = ledger_lines(out)
     assert 1 <= done < len(BOOKS), "the job should have stopped midway"
     first_log = jobs.get_job_logs("locas-c-1")
-    assert f"output: {out}" in first_log and "(Worker pid=" in first_log  # the actors' output reaches the job log
+    # the actors' output (Ray's prefix: the actor class, `RemoteWorker`) reaches the job log
+    assert f"output: {out}" in first_log and "(RemoteWorker pid=" in first_log
 
     again = submit("locas-c-2")
     assert jobs.get_job_status("locas-c-2") == JobStatus.SUCCEEDED, again.stdout[-3000:] + again.stderr[-3000:]

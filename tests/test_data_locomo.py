@@ -6,14 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from locas.data.locomo import (
-    NOT_MENTIONED,
-    QA,
-    build_question_prompt,
-    load_locomo,
-    render_conversation,
-    render_session,
-)
+from locas.data.locomo import NOT_MENTIONED, QA, build_question_prompt, load_locomo, render_conversation, render_session
 from locas.errors import LocasError
 
 LOCOMO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "locomo" / "locomo10.json"

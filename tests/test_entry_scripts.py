@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PG19_BOOKS, require
 
 from analysis.load import load_run
 from analysis.rows import read_manifest, read_rows
 from analysis.tables import pg19_table
-from conftest import PG19_BOOKS, require
 from locas.tiny import sample_text
 from orchestration import run_pg19
 

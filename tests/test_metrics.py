@@ -8,6 +8,7 @@ from locas.data.locomo import NOT_MENTIONED, resolve_choice
 from locas.errors import LocasError
 from locas.metrics import normalize_answer, score_qa, token_f1
 
+
 def test_normalize_drops_commas_punctuation_and_articles():
     assert normalize_answer("The Cat, and a Hat!") == "cat hat"
     assert normalize_answer("an  apple's   core") == "apples core"

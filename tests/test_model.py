@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import PG19_BOOKS, require
+
 from locas import CausalLMWithMemory, LocasError, load_memory, save_memory
 from locas.tiny import build_tiny_checkpoint
 

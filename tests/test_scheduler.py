@@ -1,4 +1,5 @@
 """The scheduler on a local Ray with fake workers (a test runner registry and a fake loader, no model)."""
+import dataclasses
 import os
 import random
 import sys
@@ -41,9 +42,9 @@ def fake_one(model, unit):
 
 
 def fake(model, units, slots, progress):
-    """Units of one call together: each row records the batch it ran in."""
+    """One unit at a time, each as soon as the one before is answered."""
     for u in units:
-        yield u.unit_id, [{**r, "batch": len(units)} for r in fake_one(model, u)]
+        yield u.unit_id, fake_one(model, u)
 
 
 RUNNERS = {"fake": fake}
@@ -56,7 +57,7 @@ def make_units(tmp_path, n, special=None):
     units = []
     for i in range(n):
         payload = {"log": str(tmp_path / "log.txt"), "marker": str(tmp_path / f"marker-{i}"), **special.get(i, {})}
-        units.append(Unit(f"fake:{i}:c", "fake", str(i), sizes[i], payload, config_id="c", method="none"))
+        units.append(Unit(f"fake:{i}:c", "fake", str(i), sizes[i], payload, config_id="c", method="none", run_id="c"))
     return units
 
 
@@ -86,7 +87,8 @@ def make_worker(model="fake"):
 
 def run_units(units, make, store, num_workers, slots=1, max_attempts=2, progress=False, on_rows=None):
     bar = Progress("fake", "units", "items", lambda rows: len(rows)) if progress else None
-    return Scheduler(make, store, num_workers, slots, max_attempts, bar, on_rows).run(units)
+    units = [dataclasses.replace(u, batch=slots) for u in units]
+    return Scheduler(make, store, num_workers, max_attempts, bar, on_rows).run(units)
 
 
 def exactly_once(tmp_path, units):
@@ -105,19 +107,56 @@ def test_every_unit_once_with_slots_and_progress(ray, tmp_path, capsys):
                        on_rows=lambda unit, rows, status: seen.append((unit.unit_id, status)))
     assert counts["done"] == 10 and counts["failed"] == 0 and counts["skipped"] == 0
     rows = exactly_once(tmp_path, units)
-    assert len({r["pid"] for r in rows.values()}) == 2  # both actors worked
     assert all(r["node"] and r["device"] == "cpu" for r in rows.values())
     assert sorted(seen) == sorted((u.unit_id, "done") for u in units)
     err = capsys.readouterr().err
     assert "10/10 units" in err and "items/s" in err and "ETA" in err
 
 
-def test_slots_give_whole_batches(ray, tmp_path):
-    units = make_units(tmp_path, 5)
-    run_units(units, make_worker(), store_at(tmp_path), num_workers=1, slots=2, progress=False)
-    rows = exactly_once(tmp_path, units)
-    by_size = sorted(rows.values(), key=lambda r: -r["size"])
-    assert [r.get("batch", 1) for r in by_size] == [2, 2, 2, 2, 1]  # longest two together, and so on
+def batched_units(windows, batch):
+    from benchmarks.bench_scheduler import bench_units
+
+    return bench_units(windows, batch)
+
+
+def run_batched(tmp_path, windows, actors, slots, latency=None):
+    """Units of `windows` window steps each, through the real scheduler and workers, with a runner that
+    sleeps a step's latency (benchmarks.bench_scheduler); returns each unit's row."""
+    import benchmarks.bench_scheduler as bench
+    from orchestration.policy import StepLatency
+
+    table = StepLatency.parse(latency or "1:0.02,8:0.02")
+    runner = bench.simulated_runner(table, 1.0)
+    store = RunStore(tmp_path / "run").open("bench", {"x": 1}, "r")
+    make = lambda: remote_worker_class(0).remote(ModelSpec(model="none", device="cpu"), {"bench": runner},  # noqa: E731
+                                                 bench.fake_loader)
+    Scheduler(make, store, actors, latency=StepLatency.parse(latency) if latency else None).run(
+        batched_units(windows, slots))
+    return {r["item_id"] if "item_id" in r else r["unit_id"].split(":")[1]: r for r in read_rows(tmp_path / "run")}
+
+
+def test_a_freed_slot_takes_the_next_unit_at_once(ray, tmp_path):
+    import benchmarks.bench_scheduler as bench
+
+    ray.cloudpickle.register_pickle_by_value(bench)
+    rows = run_batched(tmp_path, [12, 3, 3, 3], actors=1, slots=2)
+    # 12 and the first 3 start together; each later 3 joins the moment the one before it ends, while the long
+    # unit still runs: no waiting for the whole batch (as refilling only after a whole call would)
+    assert rows["0"]["joined_step"] == 0 and rows["0"]["ended_step"] == 12
+    assert sorted((r["joined_step"], r["ended_step"]) for k, r in rows.items() if k != "0") == [(0, 3), (3, 6), (6, 9)]
+
+
+def test_the_longest_unit_runs_alone_while_short_ones_fill_a_batch(ray, tmp_path):
+    import benchmarks.bench_scheduler as bench
+
+    ray.cloudpickle.register_pickle_by_value(bench)
+    # a batch of 8 costs 3.5x one step: eight short units together are cheap, but the long one alone is the
+    # critical path (8 s: longer than the second actor takes to start); deadline admission keeps it alone on
+    # the first actor and batches the short ones on the second
+    rows = run_batched(tmp_path, [40] + [6] * 7, actors=2, slots=8, latency="1:0.2,8:0.7")
+    long_pid = rows["0"]["pid"]
+    assert rows["0"]["joined_batch"] == 1 and all(r["pid"] != long_pid for k, r in rows.items() if k != "0")
+    assert max(r["joined_batch"] for k, r in rows.items() if k != "0") >= 4
 
 
 def test_longest_first(ray, tmp_path):

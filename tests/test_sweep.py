@@ -154,9 +154,9 @@ def test_best_command_runs_the_setting_on_the_test_split():
 
 def test_a_trial_process_keeps_one_worker_per_model(monkeypatch):
     monkeypatch.setattr(trial, "_PROCESS", {})
-    a = trial.process_worker(ModelSpec(model="a"), slots=1, require_cuda=False)
-    assert trial.process_worker(ModelSpec(model="a"), slots=4, require_cuda=False) is a and a.slots == 4
-    b = trial.process_worker(ModelSpec(model="b"), slots=1, require_cuda=False)
+    a = trial.process_worker(ModelSpec(model="a"), require_cuda=False)
+    assert trial.process_worker(ModelSpec(model="a"), require_cuda=False) is a
+    b = trial.process_worker(ModelSpec(model="b"), require_cuda=False)
     assert b is not a and trial._PROCESS == {"worker": b}  # another model replaces the first
 
 

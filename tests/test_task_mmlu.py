@@ -3,8 +3,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import SHARED, require
+
 from locas.config import AdaptConfig
 from locas.data.mmlu import LETTERS, Question, build_prompt, load_mmlu
 from locas.data.pg19 import Book

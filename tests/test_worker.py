@@ -16,8 +16,9 @@ def fake_loader(spec):
 
 
 def echo(model, units, slots, progress):
-    """Answers in reverse order, like a batch whose short documents end first (`slots` of them at once);
-    fails on a unit whose payload says raise, once it is the first unit left."""
+    """Takes every unit of its group, then answers in reverse order, like a batch whose short documents end
+    first (`slots` of them at once); fails on a unit whose payload says raise, once it is the first unit left."""
+    units = list(units)
     for u in reversed(units):
         if u.payload.get("raise"):
             raise ValueError("bad item\nsecond line")
@@ -28,14 +29,15 @@ def echo(model, units, slots, progress):
 RUNNERS = {"echo": echo}
 
 
-def unit(i, config="c", **payload):
-    return Unit(f"echo:{i}:r", "echo", str(i), size=10 * i, payload=payload, config_id=config, method="locas")
+def unit(i, config="c", batch=1, **payload):
+    return Unit(f"echo:{i}:r", "echo", str(i), size=10 * i, payload=payload, config_id=config, method="locas",
+                batch=batch)
 
 
 def test_loads_once_lazily_and_stamps_every_row():
-    w = Worker(SPEC, RUNNERS, loader=fake_loader, slots=3)
+    w = Worker(SPEC, RUNNERS, loader=fake_loader)
     assert w.load_count == 0 and w.model is None  # lazy
-    out = list(w.run_units([unit(1, rows=2), unit(2)]))
+    out = list(w.run_units([unit(1, batch=3, rows=2), unit(2, batch=3)]))
     out += list(w.run_units([unit(3)]))
     assert w.load_count == 1
     assert [uid for uid, _ in out] == ["echo:2:r", "echo:1:r", "echo:3:r"]
@@ -118,15 +120,29 @@ def test_the_default_loader_and_runners_run_the_tiny_checkpoint(tiny_path):
     assert w.load_count == 1 and w.model.num_layers == 2
 
 
-def test_streaming_generator_on_the_remote_class(ray_local):
+def slow_one_by_one(model, units, slots, progress):
+    """Takes a unit only when the one before is answered, as a batch of one slot does."""
+    import time
+
+    for u in units:
+        time.sleep(0.2)
+        yield u.unit_id, [{"kind": "item", "pid": __import__("os").getpid()}]
+
+
+def test_units_given_while_the_stream_runs_join_it(ray_local):
     ray = ray_local
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
-    actor = remote_worker_class(0).remote(SPEC, RUNNERS, fake_loader)
+    actor = remote_worker_class(0).remote(SPEC, {"echo": slow_one_by_one}, fake_loader)
     try:
-        gen = actor.run_units.options(num_returns="streaming").remote([unit(1), unit(2, rows=3)])
-        assert type(gen).__name__ == "ObjectRefGenerator"
-        out = [ray.get(ref) for ref in gen]
-        assert [uid for uid, _ in out] == ["echo:2:r", "echo:1:r"] and len(out[0][1]) == 3
+        stream = actor.run_stream.options(num_returns="streaming").remote()
+        assert type(stream).__name__ == "ObjectRefGenerator"
+        actor.give.remote([unit(1)])
+        first = ray.get(next(stream))
+        actor.give.remote([unit(2), unit(3)])  # while the stream waits for more
+        actor.close.remote()
+        out = [first] + [ray.get(ref) for ref in stream]
+        assert [uid for uid, _ in out] == ["echo:1:r", "echo:2:r", "echo:3:r"]
+        assert len({rows[0]["pid"] for _, rows in out}) == 1  # one process, one stream
         info = ray.get(actor.info.remote())
         assert info["load_count"] == 1 and info["device"] == "cpu"
         node = ray.get_runtime_context().get_node_id()

@@ -32,10 +32,13 @@ from analysis.tables.answers import (
 )
 from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS, pooled_ppl
 from analysis.tables.comparisons import (
+                                     answer_deltas,
                                      book_deltas,
                                      cost_table,
                                      delta_table,
                                      paired_bootstrap,
+                                     paired_mean_bootstrap,
+                                     retention_deltas,
 )
 from analysis.tables.pg19 import (
                                      book_ppl,
@@ -49,7 +52,8 @@ from analysis.tables.pg19 import (
 )
 from analysis.tables.sweeps import best_trial, sweep_config_columns, sweep_table
 
-__all__ = ["ADVERSARIAL_REPORT", "BOOK", "BUCKET_WIDTH", "CATEGORIES", "PPL_AT", "SETTINGS", "best_trial",
+__all__ = ["ADVERSARIAL_REPORT", "BOOK", "BUCKET_WIDTH", "CATEGORIES", "PPL_AT", "SETTINGS", "answer_deltas",
+           "best_trial", "paired_mean_bootstrap", "retention_deltas",
            "book_deltas", "book_ppl", "book_tokens", "completed", "cost_table", "delta_table", "locomo_long",
            "locomo_summary", "locomo_table", "mmlu_summary", "mmlu_table", "paired_bootstrap", "pg19_summary",
            "pg19_table", "pg19_view", "pooled_ppl", "segments", "stopped_books", "sweep_config_columns",

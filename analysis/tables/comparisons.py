@@ -8,22 +8,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import KEYS, Runs
-from analysis.tables.common import (
-    BOOK,
-    PPL_AT,
-    SETTINGS,
-    exp_ratio,
-    pg19_frames,
-    with_keys,
-)
-from analysis.tables.pg19 import (
-    book_tokens,
-    completed,
-    first_tokens,
-    segments,
-    stopped_books,
-    without_books,
-)
+from analysis.tables.common import BOOK, PPL_AT, SETTINGS, exp_ratio, pg19_frames, with_keys
+from analysis.tables.pg19 import book_tokens, completed, first_tokens, segments, stopped_books, without_books
 
 # --- comparisons ------------------------------------------------------------------------------------------
 
@@ -35,17 +21,18 @@ def _settings(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(_setting=key)
 
 
-def _baselines(treated: pd.DataFrame, base: pd.DataFrame, baseline_run: str | None, what: str, warn: bool):
+def _baselines(treated: pd.DataFrame, base: pd.DataFrame, baseline_run: str | None, what: str, warn: bool,
+               item: str = BOOK):
     """For each treated group, its comparable baseline group (same settings; in `baseline_run` when named):
-    the one sharing most books, then the one in the same run, then the first by name. Warns once for groups
-    with none, and once when a group had several to choose from and none was named."""
+    the one sharing most items (books, questions), then the one in the same run, then the first by name.
+    Warns once for groups with none, and once when a group had several to choose from and none was named."""
     candidates = {key: group for key, group in base.groupby(["run", "config_id", "_setting"], dropna=False, sort=True)}
     if baseline_run is not None:
         candidates = {k: g for k, g in candidates.items() if k[0] == baseline_run}
     chosen, lonely, ambiguous = {}, [], []
     for key, group in treated.groupby(KEYS, dropna=False, sort=True):
         setting = group["_setting"].iloc[0]
-        options = [(-len(set(group[BOOK]) & set(g[BOOK])), k[0] != key[0], k) for k, g in candidates.items()
+        options = [(-len(set(group[item]) & set(g[item])), k[0] != key[0], k) for k, g in candidates.items()
                    if k[2] == setting]
         options = sorted(o for o in options if o[0])  # most shared books, then the same run, then by name
         if not options:
@@ -179,3 +166,58 @@ def cost_table(data, windows: pd.DataFrame | None = None, *, baseline: str = "no
                            for i, key in zip(agg.index, keys)]
     return agg
 
+
+
+def paired_mean_bootstrap(differences, *, n_boot: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of per-item differences (a method's score minus the baseline's on the same item),
+    with a percentile interval from `n_boot` resamples of the items."""
+    values = np.asarray(differences, dtype=float)
+    if len(values) < 2:
+        return (float(values.mean()) if len(values) else float("nan")), float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(values[draws].mean(axis=1), [tail, 1.0 - tail])
+    return float(values.mean()), float(low), float(high)
+
+
+def answer_deltas(data, *, baseline: str = "none", baseline_run: str | None = None, n_boot: int = 2000,
+                  seed: int = 0) -> pd.DataFrame:
+    """LoCoMo: per non-baseline group and category (both adversarial rules), the mean F1 × 100 difference
+    from a comparable baseline group on the same questions, with its paired bootstrap interval."""
+    from analysis.tables.answers import ADVERSARIAL_REPORT, CATEGORIES
+
+    qa = _settings(with_keys(data.qa if isinstance(data, Runs) else data)[0])
+    is_base = qa["method"] == baseline
+    chosen = _baselines(qa[~is_base], qa[is_base], baseline_run, "LoCoMo deltas", True, item="question_id")
+    rows = []
+    for key, group in qa[~is_base].groupby(KEYS, dropna=False, sort=True):
+        if key not in chosen:
+            continue
+        base = chosen[key]
+        paired = group.merge(base[["question_id", "f1", "f1_adversarial_report"]], on="question_id",
+                             suffixes=("", "_base"))
+        for category, name in [*CATEGORIES.items(), (5, ADVERSARIAL_REPORT)]:
+            column = "f1_adversarial_report" if name == ADVERSARIAL_REPORT else "f1"
+            part = paired[paired["category"].astype(int) == category].dropna(subset=[column, f"{column}_base"])
+            mean, low, high = paired_mean_bootstrap(100 * (part[column] - part[f"{column}_base"]), n_boot=n_boot,
+                                                    seed=seed)
+            rows.append({**dict(zip(KEYS, key)), "baseline_run": base["run"].iloc[0], "category": name,
+                         "questions": len(part), "delta": mean, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=KEYS + ["baseline_run", "category", "questions", "delta", "ci_low", "ci_high"])
+
+
+def retention_deltas(data, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """MMLU: per group, the accuracy (%) change from the base model to the adapted state (`memory`) and to its
+    export (`dense`), paired by question (each book's answers against the base's), with bootstrap intervals."""
+    mmlu, _ = with_keys(data.mmlu if isinstance(data, Runs) else data)
+    base = mmlu[mmlu["variant"] == "base"].drop_duplicates("question_id")[["question_id", "correct"]]
+    rows = []
+    for key, group in mmlu[mmlu["variant"] != "base"].groupby(KEYS, dropna=False, sort=True):
+        for variant in ("memory", "dense"):
+            paired = group[group["variant"] == variant].merge(base, on="question_id", suffixes=("", "_base"))
+            diff = 100 * (paired["correct"].astype(float) - paired["correct_base"].astype(float))
+            mean, low, high = paired_mean_bootstrap(diff, n_boot=n_boot, seed=seed)
+            rows.append({**dict(zip(KEYS, key)), "variant": variant, "answers": len(paired), "delta": mean,
+                         "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=KEYS + ["variant", "answers", "delta", "ci_low", "ci_high"])

@@ -7,17 +7,7 @@ import warnings
 import pandas as pd
 
 from analysis.load import KEYS, Runs
-from analysis.tables.common import (
-    BOOK,
-    BUCKET_WIDTH,
-    PPL_AT,
-    exp_ratio,
-    grouped,
-    merge,
-    number,
-    pg19_frames,
-    with_keys,
-)
+from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, exp_ratio, grouped, merge, number, pg19_frames, with_keys
 
 # --- PG-19: which rows count -------------------------------------------------------------------------------
 

@@ -41,16 +41,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from locas.adapt import adapted
 from locas.config import AdaptConfig
-from locas.data.locomo import (
-    ADVERSARIAL,
-    NOT_MENTIONED,
-    QA,
-    Conversation,
-    build_question_prompt,
-    render_conversation,
-    render_session,
-    resolve_choice,
-)
+from locas.data.locomo import (ADVERSARIAL, NOT_MENTIONED, QA, Conversation, build_question_prompt, render_conversation,
+                               render_session, resolve_choice)
 from locas.documents import Document, chunk_windows
 from locas.errors import LocasError, error_row
 from locas.metrics import score_qa

@@ -29,13 +29,7 @@ from locas.config import AdaptConfig
 from locas.data.mmlu import LETTERS, Question, build_prompt
 from locas.data.pg19 import Book
 from locas.errors import LocasError, error_row, one_line
-from locas.tasks.batching import (
-    context_limit,
-    in_batches,
-    left_pad,
-    model_device,
-    pad_id_of,
-)
+from locas.tasks.batching import context_limit, in_batches, left_pad, model_device, pad_id_of
 
 VARIANTS = ("base", "memory", "dense")
 

@@ -9,7 +9,7 @@ import torch
 from locas.adapt import adapt_documents
 from locas.config import AdaptConfig
 from locas.data.pg19 import Book
-from locas.documents import Document, DocumentResult, WindowResult, sliding_windows
+from locas.documents import Document, DocumentResult, Source, WindowResult, sliding_windows
 from locas.errors import LocasError, error_row
 from locas.model import CausalLMWithMemory
 
@@ -65,22 +65,48 @@ def book_rows(result: DocumentResult, book: Book) -> list[dict]:
     return windows + [book_row]
 
 
-def run_pg19_books(model: CausalLMWithMemory, tokenizer, books: Iterable[Book], cfg: AdaptConfig,
-                   batch_size: int = 1) -> Iterator[tuple[Book, list[dict]]]:
-    """Adapt to each book online, `batch_size` books at a time; yields (book, rows) as each finishes.
+class _BookDocuments(Source):
+    """The documents of the books a source gives, tokenized as they are taken. A book too short to score
+    becomes an error row and the taking pauses there (None), so the loop answers it before it waits for
+    more books (on a worker, more books come only once every book given is answered)."""
 
-    A book that cannot be scored (too short) yields one `error` row at once and the others go on."""
-    by_id, documents = {}, []
-    for book in books:
+    def __init__(self, books: Source, tokenizer, cfg: AdaptConfig):
+        self.books, self.tokenizer, self.cfg = books, tokenizer, cfg
+        self.by_id: dict[str, Book] = {}
+        self.failed: list[tuple[Book, list[dict]]] = []
+        self.done = False  # the source said there will be no more books
+
+    def take(self, wait: bool) -> Document | None:
+        book = self.books.take(wait)
+        if book is None:
+            self.done = wait
+            return None
         try:
-            documents.append(book_document(tokenizer, book, cfg))
+            doc = book_document(self.tokenizer, book, self.cfg)
         except LocasError as e:
-            yield book, [error_row(e, book_id=book.book_id)]
-            continue
-        by_id[book.book_id] = book
-    for result in adapt_documents(model, documents, cfg, batch_size):
-        book = by_id.pop(result.doc.doc_id)
-        yield book, book_rows(result, book)
+            self.failed.append((book, [error_row(e, book_id=book.book_id)]))
+            return None
+        self.by_id[book.book_id] = book
+        return doc
+
+    def flush(self) -> list[tuple[Book, list[dict]]]:
+        failed, self.failed = self.failed, []
+        return failed
+
+
+def run_pg19_books(model: CausalLMWithMemory, tokenizer, books: Iterable[Book] | Source, cfg: AdaptConfig,
+                   batch_size: int = 1) -> Iterator[tuple[Book, list[dict]]]:
+    """Adapt to each book online, `batch_size` books at a time; yields (book, rows) as each finishes. `books`
+    is a list or a Source whose books may arrive while it runs (a free slot takes the next one at once).
+
+    A book that cannot be scored (too short) yields one `error` row and the others go on."""
+    documents = _BookDocuments(Source.of(books), tokenizer, cfg)
+    while not documents.done:  # a loop ends at the end of the books, or paused at a book that failed
+        for result in adapt_documents(model, documents, cfg, batch_size):
+            yield from documents.flush()
+            book = documents.by_id.pop(result.doc.doc_id)
+            yield book, book_rows(result, book)
+        yield from documents.flush()
 
 
 def run_pg19_book(model: CausalLMWithMemory, tokenizer, book: Book, cfg: AdaptConfig) -> list[dict]:

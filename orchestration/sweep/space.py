@@ -15,6 +15,7 @@ from pathlib import Path
 
 from locas.config import AdaptConfig
 from locas.errors import LocasError
+from orchestration.yaml_file import read_yaml
 
 SWEEPABLE = ("method", "loss", "memory_width", "memory_init", "lr", "steps_per_window", "window_size", "lora_rank",
              "lora_alpha")
@@ -123,15 +124,8 @@ def _assignment(text: str, flag: str) -> tuple[str, str]:
 def load_space_file(path) -> dict:
     """A YAML space: `grid: {name: [values]}`, `sample: {name: "dist:args" or [choices]}`, optional
     `num_samples`, `seed`."""
-    import yaml
-
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise LocasError(f"--space {p}: file not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LocasError(f"--space {p}: not valid YAML ({' '.join(str(e).split())})") from None
+    data = read_yaml(p, f"--space {p}")
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise LocasError(f"--space {p}: expected a mapping with grid:, sample:, num_samples:, seed:")

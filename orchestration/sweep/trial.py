@@ -8,6 +8,7 @@ lost (`FailureConfig`), it resumes from there instead of redoing them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -23,14 +24,13 @@ _PROCESS: dict = {}  # the trial process's Worker, kept across the trials it run
 CHECKPOINT = "books.json"
 
 
-def process_worker(spec: ModelSpec, slots: int, require_cuda: bool) -> Worker:
+def process_worker(spec: ModelSpec, require_cuda: bool) -> Worker:
     """This process's Worker for `spec`; another spec replaces it (one model on a GPU at a time)."""
     worker = _PROCESS.get("worker")
     if worker is None or worker.spec != spec or worker.require_cuda != require_cuda:
         _PROCESS.clear()
         _free_accelerator_memory()
         worker = _PROCESS["worker"] = Worker(spec, require_cuda=require_cuda)
-    worker.slots = slots
     return worker
 
 
@@ -82,11 +82,11 @@ def run_trial(config: dict, *, configs: dict, books: list, spec: ModelSpec, gpu:
         state["scored_tokens"] += row["scored_tokens"]
     started = time.time()
     try:
-        slots = batch_size or (cfg.batch_on_gpu() if gpu else 1)
-        worker = process_worker(spec, slots, require_cuda=gpu and spec.device != "cpu")
+        batch = batch_size or (cfg.batch_on_gpu() if gpu else 1)
+        worker = process_worker(spec, require_cuda=gpu and spec.device != "cpu")
         finished_ids = {row["book_id"] for row in done}
-        units = [make_unit("pg19", b.book_id, len(b.text), cfg, "sweep", b) for b in books
-                 if b.book_id not in finished_ids]
+        units = [dataclasses.replace(make_unit("pg19", b.book_id, len(b.text), cfg, "sweep", b), batch=batch)
+                 for b in books if b.book_id not in finished_ids]
         worker.load()
         state.update(loads=worker.load_count, node=worker.node)
         for _unit_id, rows in worker.run_units(units):

@@ -1,0 +1,264 @@
+"""A study: named runs (any task, with the flags of its script) that share one pool of actors.
+
+    description: what the study reproduces
+    defaults:                      # flags every run takes unless it sets its own (where its script knows them)
+      model: Qwen/Qwen3-1.7B-Base
+    runs:
+      pg19-none:  {task: pg19, method: none, data: emozilla/pg19}
+      pg19-locas: {task: pg19, method: locas, memory_width: 64, data: emozilla/pg19}
+      width:      {task: sweep, grid: ["memory_width=16,64"], data: emozilla/pg19, split: validation}
+
+Each run is parsed by its own script's parser (a typo fails before anything starts, naming the run) and is
+an ordinary run folder `OUT/<name>/` (same rows, ledger, resume, `--retry_failed`). A sweep is its grid of
+PG-19 runs on the dev books, one folder per trial (`OUT/<name>/<config_id>/`), and the sweep's `trials.csv`
+(ASHA's early stopping needs Tune's own loop: run_sweep.py has it).
+
+All runs' units go to one pool of actors (one per GPU), longest first across the study, so one run's tail is
+filled by another's work; an actor keeps its model loaded while units for it remain, and batches books only
+with books of the same config. `OUT/study.json` says where every run stands.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from locas.errors import LocasError
+from orchestration.cli import Plan, RunOptions, batch_size, build_parser, check_model, parse, resolve_output
+from orchestration.tasks import TASKS, run_config
+from orchestration.yaml_file import read_yaml
+
+TASK_NAMES = (*TASKS, "sweep")
+STUDY_JSON = "study.json"
+
+
+class StrictParser(argparse.ArgumentParser):
+    """A script's parser whose mistakes raise instead of exiting, so a study names the run at fault."""
+
+    def error(self, message):
+        raise LocasError(message)
+
+
+@dataclass
+class StudyRun:
+    """One run of a study: its name, its task, and the plans of the ordinary runs it is made of (one; a
+    sweep: one per trial) with their folders inside the study."""
+
+    name: str
+    task: str
+    plans: list[tuple[str, Plan]] = field(default_factory=list)
+
+
+def _argv(values: dict, where: str) -> list[str]:
+    argv = []
+    for key, value in values.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(f"--{key}")
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                argv += [f"--{key}", str(item)]
+        elif isinstance(value, dict):
+            raise LocasError(f"{where}: {key} must be a value or a list, not a mapping")
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def _parser(task: str) -> argparse.ArgumentParser:
+    if task == "sweep":
+        from orchestration.run_sweep import sweep_parser
+
+        return sweep_parser(StrictParser)
+    return build_parser(TASKS[task], parser_class=StrictParser)
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    return {option.lstrip("-") for action in parser._actions for option in action.option_strings}
+
+
+def read_study(path) -> dict:
+    """The study file as a mapping with `runs` (and optional `defaults`, `description`), or one LocasError."""
+    data = read_yaml(path, f"study {path}")
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), dict) or not data["runs"]:
+        raise LocasError(f"{path}: expected a mapping with `runs:` (name: flags) and optional `defaults:`")
+    unknown = sorted(set(data) - {"runs", "defaults", "description"})
+    if unknown:
+        raise LocasError(f"{path}: unknown key(s) {', '.join(unknown)}; known: runs, defaults, description")
+    if not isinstance(data.get("defaults") or {}, dict):
+        raise LocasError(f"{path}: defaults must be a mapping of flags")
+    return data
+
+
+def plan_study(path, output, demo: bool = False, check_models: bool = True) -> list[StudyRun]:
+    """Every run of the study file, parsed (and, with `check_models`, checked against its model's config);
+    nothing is written."""
+    data = read_study(path)
+    defaults = data.get("defaults") or {}
+    parsers = {task: _parser(task) for task in TASK_NAMES}
+    typos = sorted(set(defaults) - set().union(*(_flags(p) for p in parsers.values())))
+    if typos:
+        raise LocasError(f"{path}: defaults: unknown flag(s) {', '.join(typos)}")
+    runs = []
+    for name, values in data["runs"].items():
+        where = f"{path}: run {name}"
+        if not isinstance(values, dict) or values.get("task") not in TASK_NAMES:
+            raise LocasError(f"{where}: needs `task:` one of {', '.join(TASK_NAMES)}")
+        if not str(name).replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise LocasError(f"{where}: a run's name is its folder's: letters, digits, '-', '_' and '.'")
+        task, known = values["task"], _flags(parsers[values["task"]])
+        flags = {**{k: v for k, v in defaults.items() if k in known},
+                 **{k: v for k, v in values.items() if k != "task"},
+                 "output": str(Path(output) / str(name)), **({"demo": True} if demo else {})}
+        try:
+            runs.append(_study_run(str(name), task, _argv(flags, where), Path(output) / "demo-inputs", check_models))
+        except LocasError as e:
+            raise LocasError(f"{where}: {e}") from None
+    return runs
+
+
+def _study_run(name: str, task: str, argv: list[str], demo_inputs: Path, check_models: bool) -> StudyRun:
+    if task == "sweep":
+        from orchestration.run_sweep import plan_sweep
+
+        sweep = plan_sweep(argv, parser=_parser("sweep"), demo_inputs=demo_inputs, check_models=check_models)
+        return StudyRun(name, task, [(f"{name}/{p.cfg.config_id}", p) for p in sweep.trials])
+    plan = parse(TASKS[task], argv, parser=_parser(task), demo_inputs=demo_inputs)
+    if check_models:
+        check_model(plan.spec, plan.cfg)
+    return StudyRun(name, task, [(name, plan)])
+
+
+@dataclass
+class _Part:
+    """An ordinary run of the study: its folder, plan, run id and store."""
+
+    run: StudyRun
+    folder: str
+    plan: Plan
+    config: dict
+    run_id: str
+    store: object = None
+    units: int = 0
+    done: int = 0
+    failed: int = 0
+
+
+def _status(output: Path, path, parts: list[_Part], state: str) -> None:
+    """Write OUT/study.json: where every run stands."""
+    status = {"study": str(Path(path).resolve()), "state": state,
+              "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "runs": {p.folder: {"task": p.plan.task.name, "run_id": p.run_id, "units": p.units, "done": p.done,
+                                  "failed": p.failed,
+                                  "status": "finished" if p.done + p.failed >= p.units else "running"}
+                       for p in parts}}
+    tmp = output / (STUDY_JSON + ".tmp")
+    tmp.write_text(json.dumps(status, indent=1) + "\n")
+    os.replace(tmp, output / STUDY_JSON)
+
+
+def run_study(path, pool: RunOptions, report: bool = True) -> int:
+    """Run every unit of the study not yet finished on one pool of actors, then write each run's summary, each
+    sweep's trials.csv, study.json and (`report`) the report. Returns the exit code (1 when any unit failed)."""
+    from orchestration.cluster import gpus, start_ray
+
+    output = resolve_output(pool.output)
+    runs = plan_study(path, output, pool.demo)
+    parts = [_Part(run, folder, plan, *run_config(plan.task.name, plan.spec, plan.cfg, plan.options))
+             for run in runs for folder, plan in run.plans]
+    seen = {}
+    for part in parts:
+        if part.run_id in seen:
+            raise LocasError(f"{path}: runs {seen[part.run_id]} and {part.folder} are the same run (same task, "
+                             "model, settings and data): keep one")
+        seen[part.run_id] = part.folder
+    local = start_ray(pool.demo)
+    with gpus(pool.num_gpus, pool.gpu_timeout, pool.cluster_config, local):  # asked for, the first one up
+        _run_parts(path, output, runs, parts, pool)
+    print(f"study: {output / STUDY_JSON}")
+    if report:
+        from analysis.report import write_report
+
+        markdown, book = write_report(output)
+        print(f"report: {markdown}\nnotebook: {book}")
+    return 1 if any(p.failed for p in parts) else 0
+
+
+def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], pool: RunOptions) -> None:
+    """Open every part's store, run their units not yet finished on one pool of actors, write each part's
+    summary, each sweep's trials.csv and study.json; Ray is up and the pool's GPUs asked for."""
+    import ray
+
+    from analysis.load import load_run
+    from orchestration.policy import StepLatency
+    from orchestration.progress import Progress, StudyProgress
+    from orchestration.scheduler import Scheduler
+    from orchestration.store import RunStore
+    from orchestration.worker import remote_worker_class
+
+    resources = ray.cluster_resources()
+    units, bars = [], {}
+    for position, part in enumerate(parts):
+        part.store = RunStore(output / part.folder).open(part.plan.task.name, part.config, part.run_id, resources,
+                                                         pool.retry_failed)
+        batch = batch_size(part.plan, pool)
+        made = [dataclasses.replace(u, spec=part.plan.spec, batch=batch)
+                for u in part.plan.task.units(part.plan.options, part.plan.cfg, part.run_id)]
+        finished = part.store.finished()
+        part.units, part.done = len(made), sum(u.unit_id in finished for u in made)
+        units += made
+        task = part.plan.task
+        bars[part.run_id] = Progress(part.folder, task.things, task.counts, task.amount, not pool.no_progress, position)
+    by_run = {p.run_id: p for p in parts}
+    _status(output, path, parts, "running")
+
+    def on_rows(unit, rows, status):
+        part = by_run[unit.run_id]
+        setattr(part, "done" if status == "done" else "failed", getattr(part, "done" if status == "done" else "failed") + 1)
+        _status(output, path, parts, "running")
+
+    on_gpu = bool(pool.num_gpus)
+    actor_class = remote_worker_class(num_gpus=1 if on_gpu else 0)
+    require_cuda = on_gpu and all(p.plan.spec.device != "cpu" for p in parts)
+    latency = StepLatency.parse(pool.step_latency) if pool.step_latency else None
+    scheduler = Scheduler(lambda: actor_class.remote(parts[0].plan.spec, require_cuda=require_cuda),
+                          {p.run_id: p.store for p in parts}, num_workers=pool.num_gpus or pool.num_workers,
+                          progress=StudyProgress(bars), on_rows=on_rows, latency=latency)
+    counts = scheduler.run(units)
+    lost = (f"; {counts['worker_deaths']} worker(s) lost, {counts['requeued']} unit(s) retried"
+            if counts["worker_deaths"] else "")
+    print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished{lost}; "
+          f"model loads per actor: {scheduler.loads}")
+    for part in parts:
+        part.store.write_summary(part.plan.task.summary(load_run(part.store.path)))
+    for run in runs:
+        if run.task == "sweep":
+            _write_trials(output / run.name, [p for p in parts if p.run is run])
+    _status(output, path, parts, "finished")
+
+
+def _write_trials(folder: Path, trials: list[_Part]) -> None:
+    """A sweep's trials.csv (the run_sweep.py columns) from its trial runs, best first."""
+    import pandas as pd
+
+    from analysis.load import load_run
+    from orchestration.sweep.driver import TABLE_COLUMNS, TRIALS_CSV, config_columns
+
+    rows = []
+    for part in trials:
+        summary = json.loads((part.store.path / "summary.json").read_text())
+        books = load_run(part.store.path).books
+        failed = summary.get("errors") or summary.get("stopped")
+        rows.append({"trial": part.plan.cfg.config_id, **config_columns(part.plan.cfg), "ppl": summary.get("ppl"),
+                     "books_done": summary.get("books"), "books_total": part.units,
+                     "seconds": float(books["seconds"].sum()) if len(books) else None,
+                     "status": "error" if failed else "completed", "worker_pid": None, "loads": None,
+                     "node": ", ".join(sorted(set(books["node"].dropna()))) if len(books) else None,
+                     "error": f"{failed} book(s) failed or stopped" if failed else None})
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS).sort_values(["status", "ppl"], kind="stable")
+    table.to_csv(folder / TRIALS_CSV, index=False)
