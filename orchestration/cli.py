@@ -29,11 +29,16 @@ EXIT_FAILED_UNITS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 class RunOptions(Settings):
     """How a run is carried out (never what it computes: none of these is in the run id)."""
 
-    output: str | None = option(None, "the run folder (required); rerunning the same command resumes it")
+    output: str | None = option(None, "the run folder (required); rerunning the same command resumes it. A "
+                                "relative path is taken from the current folder, or in a Ray job from the home "
+                                "folder of the head (the job's own folder is a temporary copy)")
     num_gpus: int = option(0, "GPU actors, one GPU each; 0 runs on CPU actors")
     num_workers: int = option(1, "CPU actors when --num_gpus is 0")
     batch_size: int | None = option(None, "PG-19 books adapted at once per actor; unset: on GPUs the method's "
                                     "batch (locas/none: 8 for NTP, 4 for SD/MIX), else 1")
+    gpu_timeout: float = option(1200.0, "seconds to wait for the first GPU the autoscaler starts (--num_gpus > 0)")
+    cluster_config: str | None = option(None, "the cluster yaml whose node types bound --num_gpus (default: "
+                                        "~/ray_bootstrap_config.yaml, which `ray up` leaves on the head)")
     retry_failed: bool = option(False, "run again the units this run folder ledgered as failed")
     step_latency: str | None = option(None, "seconds of one window step by batch size, e.g. 1:0.163,4:0.279,8:0.533; "
                                       "unset: measured on each GPU actor when it starts (batches are sized with it)")
@@ -67,15 +72,20 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
           demo_task: str | None = None, demo_inputs: Path | None = None) -> Plan:
     """Flags → configs (`parser`: a script's own, with flags of its own beside the task's). `--demo` fills in
     the demo inputs of `demo_task` (default: the task's; made under `demo_inputs`, default the run's own
-    folder) first; `--output` is required."""
+    folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
     parser = parser or build_parser(task, description)
     args = parser.parse_args(argv)
+    if args.output:  # first, so that --demo puts its inputs under the folder the run will use
+        args.output = str(resolve_output(args.output))
     if args.demo:
         from orchestration.demo import prepare_demo
 
         prepare_demo(demo_task or task.name, args, parser, demo_inputs)
     if not args.output:
         raise LocasError("--output is required: the run folder where the results go")
+    args.output = str(resolve_output(args.output))  # the --demo default too
+    if args.gpu_timeout <= 0:
+        raise LocasError("--gpu_timeout must be > 0 seconds")
     run = from_flags(args, RunOptions)
     if run.num_gpus < 0 or run.num_workers < 1 or (run.batch_size is not None and run.batch_size < 1):
         raise LocasError("--num_gpus must be >= 0, --num_workers >= 1 and --batch_size >= 1")
@@ -87,6 +97,19 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
     spec = from_flags(args, ModelSpec).replace(model=str(local.resolve()) if local.exists() else args.model)
     return Plan(task, spec, task.configure(from_flags(args, AdaptConfig)), resolved(from_flags(args, task.options)),
                 run, args)
+
+
+def resolve_output(output: str) -> Path:
+    """The run folder as an absolute path. A relative one is taken from the current folder; in a Ray job, whose
+    current folder is a temporary copy of the submitted working dir that Ray deletes, from the home folder of
+    the machine that runs the driver (a cluster's head): `--output runs/x` lands in ~/runs/x there, which is
+    where `ray rsync-down` finds it and where a resubmitted job resumes it."""
+    from orchestration.cluster import in_ray_job
+
+    path = Path(output).expanduser()
+    if not path.is_absolute() and in_ray_job():
+        path = Path.home() / path
+    return path.resolve()
 
 
 def check_model(spec: ModelSpec, cfg: AdaptConfig | None = None) -> None:
@@ -130,22 +153,28 @@ def batch_size(plan: Plan, pool: RunOptions | None = None) -> int:
 
 
 def execute(plan: Plan, units: list, config: dict, run_id: str):
-    """Open the store, start or join Ray, run every unit not yet finished; returns (store, counts)."""
+    """Start or join Ray, get the GPUs, open the store, run every unit not yet finished; returns (store,
+    scheduler)."""
+    from orchestration.cluster import gpus, start_ray
+
+    if not units:
+        raise LocasError("nothing to run: the data selection is empty")
+    print(f"output: {plan.run.output}", flush=True)
+    local = start_ray(plan.run.demo)
+    with gpus(plan.run.num_gpus, plan.run.gpu_timeout, plan.run.cluster_config, local):
+        return _run_units(plan, units, config, run_id)
+
+
+def _run_units(plan: Plan, units: list, config: dict, run_id: str):
     import ray
 
-    from orchestration.cluster import start_ray
     from orchestration.policy import StepLatency
     from orchestration.progress import Progress
     from orchestration.scheduler import Scheduler
     from orchestration.store import RunStore
     from orchestration.worker import remote_worker_class
 
-    if not units:
-        raise LocasError("nothing to run: the data selection is empty")
-    start_ray(plan.run.demo)
     resources = ray.cluster_resources()
-    if plan.run.num_gpus > resources.get("GPU", 0):
-        raise LocasError(f"--num_gpus {plan.run.num_gpus} but the Ray cluster has {resources.get('GPU', 0):g} GPUs")
     store = RunStore(plan.run.output).open(plan.task.name, config, run_id, resources, plan.run.retry_failed)
     actor_class = remote_worker_class(num_gpus=1 if plan.run.num_gpus else 0)
     spec, on_gpu = plan.spec, bool(plan.run.num_gpus)
@@ -156,7 +185,9 @@ def execute(plan: Plan, units: list, config: dict, run_id: str):
     scheduler = Scheduler(lambda: actor_class.remote(spec, require_cuda=on_gpu and spec.device != "cpu"), store,
                           num_workers=plan.run.num_gpus or plan.run.num_workers, progress=progress, latency=latency)
     counts = scheduler.run([dataclasses.replace(u, batch=batch) for u in units])
-    print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished")
+    lost = (f"; {counts['worker_deaths']} worker(s) lost, {counts['requeued']} unit(s) retried"
+            if counts["worker_deaths"] else "")
+    print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished{lost}")
     known = {(w["node"], w["device"]) for w in store.manifest.get("workers", [])}  # earlier runs of this folder
     workers = sorted(known | scheduler.workers, key=str)
     store.update_manifest(workers=[{"node": n, "device": d} for n, d in workers])
@@ -192,6 +223,7 @@ def cli_main(main):
     """Wrap an entry script's main: a user mistake is one line on stderr and exit code 2."""
     @functools.wraps(main)
     def wrapped(argv=None) -> int:
+        restore = stop_on_sigterm()
         try:
             return main(argv) or 0
         except (LocasError, StoreError) as e:
@@ -200,7 +232,25 @@ def cli_main(main):
         except KeyboardInterrupt:
             print("interrupted: rerun the same command to resume", file=sys.stderr)
             return EXIT_INTERRUPTED
+        finally:
+            restore()
     return wrapped
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm():
+    """`ray job stop` (SIGTERM) ends a run as Ctrl-C does: actors released, the GPU request withdrawn, exit
+    code 130. Returns what puts the previous handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def entry_point(task_name: str, description: str):

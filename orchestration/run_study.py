@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestration.cli import RunOptions, cli_main
+from orchestration.cli import RunOptions, cli_main, resolve_output
 from orchestration.flags import add_flags, from_flags
 
 DEMO_STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
@@ -42,9 +42,11 @@ def main(argv=None):
         raise LocasError("name a study file (e.g. studies/paper.yaml), or --demo")
     if not args.output:
         raise LocasError("--output is required: the study's folder")
+    if args.gpu_timeout <= 0:
+        raise LocasError("--gpu_timeout must be > 0 seconds")
     pool = from_flags(args, RunOptions)
     if args.check:
-        for run in plan_study(args.study, Path(args.output).resolve(), pool.demo, check_models=False):
+        for run in plan_study(args.study, resolve_output(args.output), pool.demo, check_models=False):
             for folder, plan in run.plans:
                 print(f"{folder}: {plan.task.name}, {plan.cfg.method}, config {plan.cfg.config_id}, model {plan.spec.model}")
         return 0

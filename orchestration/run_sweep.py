@@ -6,6 +6,8 @@
     python orchestration/run_sweep.py --space orchestration/sweeps/example.yaml --data emozilla/pg19 \
         --split validation --num_gpus 8 --output runs/sweep-example
     python orchestration/run_sweep.py --demo   # tiny model, built-in books, local Ray, CPU
+    ray job submit --working-dir . -- python orchestration/run_sweep.py --space orchestration/sweeps/example.yaml \
+        --num_gpus 8 --tune_storage s3://YOUR_BUCKET/sweeps --output runs/sweep-example   # on a cluster
 
 Sweepable: method, loss (--loss_function), memory_width, memory_init, lr, steps_per_window, window_size,
 lora_rank, lora_alpha (`--grid NAME=a,b`, `--sample NAME=uniform:LO:HI|loguniform:LO:HI|randint:LO:HI|
@@ -23,7 +25,8 @@ from pathlib import Path
 
 from locas.config import Settings, option
 from locas.data.pg19 import load_books, refuse_test_books
-from orchestration.cli import Plan, build_parser, check_model, cli_main, parse
+from locas.errors import LocasError
+from orchestration.cli import Plan, build_parser, check_model, cli_main, parse, resolve_output
 from orchestration.flags import add_flags, from_flags
 from orchestration.sweep.space import expand_space, parse_space
 from orchestration.tasks import TASKS, split_list
@@ -43,6 +46,9 @@ class SweepOptions(Settings):
     gpus_per_trial: float | None = option(None, "GPUs per trial (default 1 when --num_gpus > 0)")
     asha: bool = option(False, "stop bad settings early (ASHA on the running PPL)")
     max_trials: int | None = option(None, "run at most this many unfinished trials now (rerun for the rest)")
+    tune_storage: str | None = option(None, "where Tune keeps trial checkpoints (a lost node's trial resumes from "
+                                      "them): on a cluster a URI or folder every node reaches (s3://bucket/path, "
+                                      "an NFS mount); default OUT/tune on a local Ray")
     allow_test: bool = option(False, "allow sweeping on PG-19's test books (not advised)")
     test_data: str | None = option(None, "--data of the printed test command (default: the dev source when it "
                                    "holds the test split, else emozilla/pg19)")
@@ -91,7 +97,7 @@ def plan_sweep(argv, parser=None, demo_inputs: Path | None = None, check_models:
 
 @cli_main
 def main(argv=None):
-    from orchestration.cluster import start_ray
+    from orchestration.cluster import gpus, start_ray
     from orchestration.sweep.driver import run_sweep
 
     planned = plan_sweep(argv)
@@ -101,11 +107,21 @@ def main(argv=None):
     refuse_test_books(plan.options.data, plan.options.split, [b.book_id for b in books], allow_test=sweep.allow_test)
     print(f"sweep: {len(configs)} trials x {len(books)} books ({plan.options.data}, split {plan.options.split})")
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: "rerun the same command", not Tuner.restore
-    start_ray(plan.run.demo)
-    result = run_sweep(configs, plan.spec, books, plan.run.output, data=plan.options.data, split=plan.options.split,
-                       varied=tuple(space.params), num_gpus=plan.run.num_gpus, gpus_per_trial=sweep.gpus_per_trial,
-                       num_workers=plan.run.num_workers, asha=sweep.asha, batch_size=plan.run.batch_size,
-                       test_data=sweep.test_data, progress=not plan.run.no_progress, max_trials=sweep.max_trials)
+    local = start_ray(plan.run.demo)
+    if not local and not sweep.tune_storage:
+        raise LocasError("on a cluster, --tune_storage is required: a URI or folder every node reaches "
+                         "(s3://bucket/sweeps, an NFS mount) for the trials' checkpoints; the run folder stays "
+                         f"{plan.run.output}")
+    storage = sweep.tune_storage
+    if storage and "://" not in storage:
+        storage = str(resolve_output(storage))
+    with gpus(plan.run.num_gpus, plan.run.gpu_timeout, plan.run.cluster_config, local):
+        result = run_sweep(configs, plan.spec, books, plan.run.output, data=plan.options.data,
+                           split=plan.options.split, varied=tuple(space.params), num_gpus=plan.run.num_gpus,
+                           gpus_per_trial=sweep.gpus_per_trial, num_workers=plan.run.num_workers, asha=sweep.asha,
+                           batch_size=plan.run.batch_size, test_data=sweep.test_data,
+                           progress=not plan.run.no_progress, max_trials=sweep.max_trials,
+                           storage_path=storage)
     print(f"trials: {result.ran} ran now, {result.skipped} already finished"
           + (f", {len(result.remaining)} not finished yet: rerun the same command" if result.remaining else ""))
     if len(result.table):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from locas.errors import LocasError
-from orchestration.cli import Plan, RunOptions, batch_size, build_parser, check_model, parse
+from orchestration.cli import Plan, RunOptions, batch_size, build_parser, check_model, parse, resolve_output
 from orchestration.tasks import TASKS, run_config
 from orchestration.yaml_file import read_yaml
 
@@ -165,17 +165,9 @@ def _status(output: Path, path, parts: list[_Part], state: str) -> None:
 def run_study(path, pool: RunOptions, report: bool = True) -> int:
     """Run every unit of the study not yet finished on one pool of actors, then write each run's summary, each
     sweep's trials.csv, study.json and (`report`) the report. Returns the exit code (1 when any unit failed)."""
-    import ray
+    from orchestration.cluster import gpus, start_ray
 
-    from analysis.load import load_run
-    from orchestration.cluster import start_ray
-    from orchestration.policy import StepLatency
-    from orchestration.progress import Progress, StudyProgress
-    from orchestration.scheduler import Scheduler
-    from orchestration.store import RunStore
-    from orchestration.worker import remote_worker_class
-
-    output = Path(pool.output).resolve()
+    output = resolve_output(pool.output)
     runs = plan_study(path, output, pool.demo)
     parts = [_Part(run, folder, plan, *run_config(plan.task.name, plan.spec, plan.cfg, plan.options))
              for run in runs for folder, plan in run.plans]
@@ -185,7 +177,30 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
             raise LocasError(f"{path}: runs {seen[part.run_id]} and {part.folder} are the same run (same task, "
                              "model, settings and data): keep one")
         seen[part.run_id] = part.folder
-    start_ray(pool.demo)
+    local = start_ray(pool.demo)
+    with gpus(pool.num_gpus, pool.gpu_timeout, pool.cluster_config, local):  # asked for, the first one up
+        _run_parts(path, output, runs, parts, pool)
+    print(f"study: {output / STUDY_JSON}")
+    if report:
+        from analysis.report import write_report
+
+        markdown, book = write_report(output)
+        print(f"report: {markdown}\nnotebook: {book}")
+    return 1 if any(p.failed for p in parts) else 0
+
+
+def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], pool: RunOptions) -> None:
+    """Open every part's store, run their units not yet finished on one pool of actors, write each part's
+    summary, each sweep's trials.csv and study.json; Ray is up and the pool's GPUs asked for."""
+    import ray
+
+    from analysis.load import load_run
+    from orchestration.policy import StepLatency
+    from orchestration.progress import Progress, StudyProgress
+    from orchestration.scheduler import Scheduler
+    from orchestration.store import RunStore
+    from orchestration.worker import remote_worker_class
+
     resources = ray.cluster_resources()
     units, bars = [], {}
     for position, part in enumerate(parts):
@@ -215,7 +230,9 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
                           {p.run_id: p.store for p in parts}, num_workers=pool.num_gpus or pool.num_workers,
                           progress=StudyProgress(bars), on_rows=on_rows, latency=latency)
     counts = scheduler.run(units)
-    print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished; "
+    lost = (f"; {counts['worker_deaths']} worker(s) lost, {counts['requeued']} unit(s) retried"
+            if counts["worker_deaths"] else "")
+    print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished{lost}; "
           f"model loads per actor: {scheduler.loads}")
     for part in parts:
         part.store.write_summary(part.plan.task.summary(load_run(part.store.path)))
@@ -223,13 +240,6 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
         if run.task == "sweep":
             _write_trials(output / run.name, [p for p in parts if p.run is run])
     _status(output, path, parts, "finished")
-    print(f"study: {output / STUDY_JSON}")
-    if report:
-        from analysis.report import write_report
-
-        markdown, book = write_report(output)
-        print(f"report: {markdown}\nnotebook: {book}")
-    return 1 if any(p.failed for p in parts) else 0
 
 
 def _write_trials(folder: Path, trials: list[_Part]) -> None:

@@ -41,11 +41,11 @@ def _release_device_memory() -> None:
 
 
 def node_name() -> str:
-    """Inside Ray, the node's IP and the start of its node id (nodes of one machine share an IP); else the
-    hostname."""
+    """Inside Ray, the node's IP and its whole node id (nodes of one machine share an IP; Ray's fake nodes differ
+    only at the end of their ids); else the hostname."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        return f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:12]}"
+        return f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()}"
     return socket.gethostname()
 
 

@@ -129,8 +129,7 @@ def test_trial_resources():
     assert trial_resources(4, None, {"GPU": 8, "CPU": 64}) == ({"cpu": 1, "gpu": 1}, 4)
     assert trial_resources(2, 0.5, {"GPU": 2, "CPU": 64}) == ({"cpu": 1, "gpu": 0.5}, 4)
     assert trial_resources(0, None, {"CPU": 2}, num_workers=8) == ({"cpu": 1}, 2)
-    with pytest.raises(LocasError, match="has 0 GPUs"):
-        trial_resources(1, None, {"CPU": 2})
+    assert trial_resources(1, None, {"CPU": 2}) == ({"cpu": 1, "gpu": 1}, 1)  # GPUs the autoscaler will start
     with pytest.raises(LocasError, match="needs --num_gpus"):
         trial_resources(0, 1, {"CPU": 2})
 

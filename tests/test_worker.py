@@ -145,7 +145,7 @@ def test_units_given_while_the_stream_runs_join_it(ray_local):
         assert len({rows[0]["pid"] for _, rows in out}) == 1  # one process, one stream
         info = ray.get(actor.info.remote())
         assert info["load_count"] == 1 and info["device"] == "cpu"
-        node = ray.get_runtime_context().get_node_id()[:12]
+        node = ray.get_runtime_context().get_node_id()
         assert out[0][1][0]["node"] == f"{ray.util.get_node_ip_address()} {node}"
     finally:
         ray.kill(actor)

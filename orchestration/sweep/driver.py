@@ -106,12 +106,11 @@ def best_command(cfg: AdaptConfig, spec: ModelSpec, test_data: str, num_gpus: in
 
 def trial_resources(num_gpus: float, gpus_per_trial: float | None, cluster: dict,
                     num_workers: int = 1) -> tuple[dict, int]:
-    """(resources per trial, trials at once): GPU trials take `gpus_per_trial` (default 1) of `num_gpus`;
-    CPU trials take 1 CPU each, `num_workers` at once, never more than the cluster has."""
+    """(resources per trial, trials at once): GPU trials take `gpus_per_trial` (default 1) of `num_gpus` (which
+    the autoscaler may still be starting: `orchestration.cluster.gpus` asks for them and refuses what the cluster
+    can never have); CPU trials take 1 CPU each, `num_workers` at once, never more than the cluster has."""
     if num_gpus < 0 or num_workers < 1:
         raise LocasError("--num_gpus must be >= 0 and --num_workers >= 1")
-    if num_gpus > cluster.get("GPU", 0):
-        raise LocasError(f"--num_gpus {num_gpus:g} but the Ray cluster has {cluster.get('GPU', 0):g} GPUs")
     if num_gpus:
         gpt = 1 if gpus_per_trial is None else gpus_per_trial
         if not 0 < gpt <= num_gpus:
@@ -204,12 +203,14 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
               split: str = "validation", varied: tuple[str, ...] = SWEEPABLE, num_gpus: float = 0,
               gpus_per_trial: float | None = None, num_workers: int = 1, asha: bool = False,
               batch_size: int | None = None, test_data: str | None = None, progress: bool = True,
-              max_trials: int | None = None, max_failures: int = 2) -> SweepResult:
+              max_trials: int | None = None, max_failures: int = 2, storage_path: str | None = None) -> SweepResult:
     """Run every trial of `configs` not yet finished in the run folder `output`; Ray must be initialized.
 
     `varied` names the settings the space varies (each trial's Tune config). `max_trials` runs at most that
     many of the unfinished trials (the rest wait for a rerun). A trial that did not end (interrupted sweep)
-    is not in the ledger and is listed in `remaining`."""
+    is not in the ledger and is listed in `remaining`. `storage_path` is where Tune keeps the trials'
+    checkpoints (default OUT/tune): on a cluster, a folder or URI that every node reaches, or a trial on a
+    worker node cannot save its books done (Ray refuses a head-local folder there)."""
     import ray
     from ray import tune
 
@@ -254,7 +255,8 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
                 metric="ppl", mode="min", scheduler=scheduler, max_concurrent_trials=min(at_once, len(todo)),
                 reuse_actors=True, trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
             run_config=tune.RunConfig(
-                storage_path=str((Path(output) / TUNE_DIR).resolve()), name=time.strftime("trials-%Y%m%d-%H%M%S"),
+                storage_path=storage_path or str((Path(output) / TUNE_DIR).resolve()),
+                name=time.strftime("trials-%Y%m%d-%H%M%S"),
                 verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
                 callbacks=[_store_writer(store, by_id, len(books), scheduler.stopped_ids if scheduler else set(),
                                          bar)]),
