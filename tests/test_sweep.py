@@ -239,6 +239,50 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_loca
     assert "use another --output" in capsys.readouterr().err
 
 
+def test_a_trial_whose_process_dies_resumes_from_its_checkpoint(ray_local, tiny_path, tmp_path, capsys):
+    """As on a lost node: the trial's process is killed after its first book; Tune (FailureConfig) restarts the
+    trial, which resumes from its checkpoint: every book once, the first one not adapted again, and the
+    setting in Tune's own records of the trial."""
+    import contextlib
+    import os
+    import signal
+    import threading
+    import time
+
+    from locas.tiny import sample_text
+
+    books = tmp_path / "books"
+    books.mkdir()
+    for i in range(3):  # long enough (~50 windows each) for the kill to land mid-trial
+        (books / f"long{i}.txt").write_text(sample_text(1500, seed=20 + i))
+    out = tmp_path / "sweep"
+    finished = {}
+    run = threading.Thread(target=lambda: finished.setdefault("code", main(sweep_args(
+        tiny_path, books, out, "--grid", "memory_width=8", "--grid", "lr=0.004"))))
+    run.start()
+    first_book, deadline = None, time.monotonic() + 120
+    while first_book is None and run.is_alive() and time.monotonic() < deadline:
+        for saved in out.glob(f"tune/trials-*/trial_*/checkpoint_000000/{trial.CHECKPOINT}"):
+            with contextlib.suppress(ValueError):  # still being written
+                first_book = json.loads(saved.read_text())[0]
+        time.sleep(0.05)
+    assert first_book is not None and run.is_alive(), "the trial ended before its process could be killed"
+    trial_pids = [int(proc.parent.name) for proc in Path("/proc").glob("[0-9]*/cmdline")  # Ray titles Tune's
+                  if proc.exists() and proc.read_bytes().startswith(b"ray::ImplicitFunc")]  # trial actor so
+    assert len(trial_pids) == 1, trial_pids
+    os.kill(trial_pids[0], signal.SIGKILL)
+    run.join(timeout=180)
+    assert finished.get("code") == 0
+    df = pd.read_csv(out / "trials.csv")
+    assert len(df) == 1 and df["status"][0] == "completed" and df["books_done"][0] == 3
+    assert df["worker_pid"][0] != trial_pids[0]  # finished by the restarted trial
+    rows = [r for r in read_rows(out) if r["kind"] == "book"]
+    assert sorted(r["book_id"] for r in rows) == ["long0", "long1", "long2"]  # every book exactly once
+    assert next(r for r in rows if r["book_id"] == first_book["book_id"])["seconds"] == first_book["seconds"]  # kept
+    params = json.loads(next(out.glob("tune/trials-*/trial_*/params.json")).read_text())
+    assert (params["memory_width"], params["lr"]) == (8, 0.004)
+
+
 def test_asha_stops_a_bad_setting_and_a_too_wide_memory_is_refused(ray_local, tiny_path, dev_books, tmp_path,
                                                                        capsys):
     out = tmp_path / "sweep"
