@@ -23,12 +23,13 @@ from orchestration import cli, cluster, run_pg19
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-BOOKS = ["31974", "12204", "26618", "4128"]  # the 4 smallest shared books
+BOOKS = ["31974", "12204", "26618", "4128"]  # the 4 smallest shared books; 2,048 tokens each: a run outlasts
+# the autoscaler replacing a lost node
 
 
 def pg19_flags(output, *extra) -> list[str]:
     return ["--model", str(TINYLM), "--data", str(PG19_BOOKS), "--book_ids", ",".join(BOOKS), "--method", "locas",
-            "--memory_width", "16", "--window_size", "256", "--max_tokens", "1024", "--dtype", "float32",
+            "--memory_width", "16", "--window_size", "256", "--max_tokens", "2048", "--dtype", "float32",
             "--device", "cpu", "--batch_size", "1", "--no_progress", "--output", str(output), *extra]
 
 

@@ -97,7 +97,8 @@ def test_killed_driver_resumes_to_the_same_table(ray_local, tiny_path, books, tm
     assert run_pg19.main(flags(tiny_path, books, reference, "--max_tokens", "400")) == 1
     command = [sys.executable, str(ROOT / "orchestration" / "run_pg19.py"),
                *flags(tiny_path, books, out, "--max_tokens", "400")]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # the drivers join the test session's Ray, as a user's join their cluster; a killed driver's actors go with it
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ledger, deadline = out / "ledger.jsonl", time.time() + 120
