@@ -42,7 +42,7 @@ class Adapter:
         self.width = cfg.window_size
         self.shared_forward = cfg.steps == 1 and cfg.loss != "GRPO" and method.deterministic_training
         # a compiled model gets every window right-padded to the window size (one graph); an eager one not
-        self.static_shapes = _compiled(model)
+        self.static_shapes = model.compiled
 
     # ---- forwards --------------------------------------------------------------------------------------
     def _logits(self, batch: WindowBatch, slots: torch.Tensor | None = None):
@@ -231,11 +231,6 @@ class Adapter:
         self.method.reset(index, doc.tokens[first.start:first.end].unsqueeze(0).to(self.model.device))
         memorize = Step(started, clock.mark(), 1)
         return Slot(index, doc, memorize, self.method.trainable_parameters(), self.model.device)
-
-
-def _compiled(model) -> bool:
-    """Whether the model or its causal LM was compiled with `.compile()`."""
-    return any(getattr(m, "_compiled_call_impl", None) is not None for m in (model, model.model))
 
 
 def _non_finite(out: StepOutput) -> torch.Tensor:

@@ -187,6 +187,11 @@ class CausalLMWithMemory(nn.Module):
         with self.use_memory(memory, base_rank, batch=input_ids.shape[0]):
             return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    @property
+    def compiled(self) -> bool:
+        """Whether this model or its causal LM was compiled with `.compile()` (ModelSpec.compile)."""
+        return any(getattr(m, "_compiled_call_impl", None) is not None for m in (self, self.model))
+
     def plain_head_weight(self) -> torch.Tensor | None:
         """The frozen output head's weight W when logits are exactly `hidden @ W.T` (a known model type, no
         bias, scaling or soft-capping) and the causal LM is not compiled as a whole (its compiled forward is
@@ -196,7 +201,7 @@ class CausalLMWithMemory(nn.Module):
                  and not head.weight.requires_grad and not getattr(config, "final_logit_softcapping", None)
                  and getattr(config, "logit_scale", None) in (None, 1, 1.0)
                  and getattr(config, "logits_scaling", None) in (None, 1, 1.0)
-                 and getattr(self.model, "_compiled_call_impl", None) is None)
+                 and not self.compiled)
         return head.weight if plain else None
 
     # ---- memorize ------------------------------------------------------------------------------------

@@ -24,34 +24,25 @@ class SlotAdamW:
     @torch.no_grad()
     def step(self, slots: torch.Tensor) -> None:
         """One AdamW update of the given slots (LongTensor of slot indices); the other slots are untouched."""
-        beta1, beta2 = self.betas
-        if len(slots) == self.param.shape[1]:  # every slot (the loop passes them in order): in place
-            self._step_all()
-            return
-        grad = self.param.grad[:, slots]
-        self.step_count[slots] += 1
-        t = self.step_count[slots].view(1, -1, *([1] * (self.param.dim() - 2)))
-        exp_avg = self.exp_avg[:, slots].lerp_(grad, 1 - beta1)
-        exp_avg_sq = self.exp_avg_sq[:, slots].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        self.exp_avg[:, slots], self.exp_avg_sq[:, slots] = exp_avg, exp_avg_sq
-        denom = (exp_avg_sq / (1 - beta2 ** t)).sqrt_().add_(self.eps)
-        update = exp_avg / (1 - beta1 ** t) / denom
-        values = self.param[:, slots] * (1 - self.lr * self.weight_decay) - self.lr * update
-        self.param[:, slots] = values
+        if len(slots) == self.param.shape[1]:  # every slot: the state is updated where it lies
+            self.step_count += 1
+            self._update(self.param, self.param.grad, self.exp_avg, self.exp_avg_sq, self.step_count)
+        else:  # a subset: gathered (copies), updated, scattered back
+            self.step_count[slots] += 1
+            param, exp_avg, exp_avg_sq = self.param[:, slots], self.exp_avg[:, slots], self.exp_avg_sq[:, slots]
+            self._update(param, self.param.grad[:, slots], exp_avg, exp_avg_sq, self.step_count[slots])
+            self.param[:, slots], self.exp_avg[:, slots], self.exp_avg_sq[:, slots] = param, exp_avg, exp_avg_sq
         self.param.grad = None
 
-    def _step_all(self) -> None:
-        """Every slot at once, in place, without gathering and scattering the state."""
+    def _update(self, param, grad, exp_avg, exp_avg_sq, steps: torch.Tensor) -> None:
+        """AdamW in place on these tensors (slots on axis 1), `steps` (S,) each slot's step count after this step."""
         beta1, beta2 = self.betas
-        param, grad = self.param, self.param.grad
-        self.step_count += 1
         view = (1, -1, *([1] * (param.dim() - 2)))
-        bias1 = (1 - beta1 ** self.step_count).view(view)
-        bias2_sqrt = (1 - beta2 ** self.step_count).sqrt_().view(view)
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias1 = (1 - beta1 ** steps).view(view)
+        bias2_sqrt = (1 - beta2 ** steps).sqrt().view(view)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if self.weight_decay:
             param.mul_(1 - self.lr * self.weight_decay)
-        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
-        param.addcdiv_(self.exp_avg / bias1, denom, value=-self.lr)
-        self.param.grad = None
+        denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
+        param.addcdiv_(exp_avg / bias1, denom, value=-self.lr)

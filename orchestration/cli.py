@@ -45,6 +45,18 @@ class RunOptions(Settings):
     demo: bool = option(False, "a tiny model and built-in text on a local Ray: the whole path in under 2 minutes")
     no_progress: bool = option(False, "no progress bar")
 
+    def checked(self) -> "RunOptions":
+        """Itself, once its numbers are in range and its latency table parses (before anything starts)."""
+        if self.num_gpus < 0 or self.num_workers < 1 or (self.batch_size is not None and self.batch_size < 1):
+            raise LocasError("--num_gpus must be >= 0, --num_workers >= 1 and --batch_size >= 1")
+        if self.gpu_timeout <= 0:
+            raise LocasError("--gpu_timeout must be > 0 seconds")
+        if self.step_latency:
+            from orchestration.policy import StepLatency
+
+            StepLatency.parse(self.step_latency)
+        return self
+
 
 @dataclass
 class Plan:
@@ -84,15 +96,7 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
     if not args.output:
         raise LocasError("--output is required: the run folder where the results go")
     args.output = str(resolve_output(args.output))  # the --demo default too
-    if args.gpu_timeout <= 0:
-        raise LocasError("--gpu_timeout must be > 0 seconds")
-    run = from_flags(args, RunOptions)
-    if run.num_gpus < 0 or run.num_workers < 1 or (run.batch_size is not None and run.batch_size < 1):
-        raise LocasError("--num_gpus must be >= 0, --num_workers >= 1 and --batch_size >= 1")
-    if run.step_latency:
-        from orchestration.policy import StepLatency
-
-        StepLatency.parse(run.step_latency)  # a mistake fails before anything starts
+    run = from_flags(args, RunOptions).checked()
     local = Path(args.model).expanduser()
     spec = from_flags(args, ModelSpec).replace(model=str(local.resolve()) if local.exists() else args.model)
     return Plan(task, spec, task.configure(from_flags(args, AdaptConfig)), resolved(from_flags(args, task.options)),
@@ -185,9 +189,7 @@ def _run_units(plan: Plan, units: list, config: dict, run_id: str):
     scheduler = Scheduler(lambda: actor_class.remote(spec, require_cuda=on_gpu and spec.device != "cpu"), store,
                           num_workers=plan.run.num_gpus or plan.run.num_workers, progress=progress, latency=latency)
     counts = scheduler.run([dataclasses.replace(u, batch=batch) for u in units])
-    lost = (f"; {counts['worker_deaths']} worker(s) lost, {counts['requeued']} unit(s) retried"
-            if counts["worker_deaths"] else "")
-    print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished{lost}")
+    print(units_line(counts))
     known = {(w["node"], w["device"]) for w in store.manifest.get("workers", [])}  # earlier runs of this folder
     workers = sorted(known | scheduler.workers, key=str)
     store.update_manifest(workers=[{"node": n, "device": d} for n, d in workers])
@@ -217,6 +219,13 @@ def run_task(task_name: str, argv=None, description: str | None = None) -> int:
               f"{store.path / 'tracebacks'}); rerun with --retry_failed to run them again", file=sys.stderr)
         return EXIT_FAILED_UNITS
     return 0
+
+
+def units_line(counts: dict) -> str:
+    """What a run (or a study) did with its units, for the user."""
+    lost = (f"; {counts['worker_deaths']} worker(s) lost, {counts['requeued']} unit(s) retried"
+            if counts["worker_deaths"] else "")
+    return f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished{lost}"
 
 
 def cli_main(main):

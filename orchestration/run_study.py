@@ -42,9 +42,7 @@ def main(argv=None):
         raise LocasError("name a study file (e.g. studies/paper.yaml), or --demo")
     if not args.output:
         raise LocasError("--output is required: the study's folder")
-    if args.gpu_timeout <= 0:
-        raise LocasError("--gpu_timeout must be > 0 seconds")
-    pool = from_flags(args, RunOptions)
+    pool = from_flags(args, RunOptions).checked()
     if args.check:
         for run in plan_study(args.study, resolve_output(args.output), pool.demo, check_models=False):
             for folder, plan in run.plans:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from locas.errors import LocasError
-from orchestration.cli import Plan, RunOptions, batch_size, build_parser, check_model, parse, resolve_output
+from orchestration.cli import (Plan, RunOptions, batch_size, build_parser, check_model, parse, resolve_output,
+                               units_line)
 from orchestration.tasks import TASKS, run_config
 from orchestration.yaml_file import read_yaml
 
@@ -230,10 +231,7 @@ def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], poo
                           {p.run_id: p.store for p in parts}, num_workers=pool.num_gpus or pool.num_workers,
                           progress=StudyProgress(bars), on_rows=on_rows, latency=latency)
     counts = scheduler.run(units)
-    lost = (f"; {counts['worker_deaths']} worker(s) lost, {counts['requeued']} unit(s) retried"
-            if counts["worker_deaths"] else "")
-    print(f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished{lost}; "
-          f"model loads per actor: {scheduler.loads}")
+    print(f"{units_line(counts)}; model loads per actor: {scheduler.loads}")
     for part in parts:
         part.store.write_summary(part.plan.task.summary(load_run(part.store.path)))
     for run in runs:
