@@ -7,11 +7,14 @@ memory in forward hooks on the MLPs, the HF forward, cross-entropy, backward, `t
 project runs the same documents through `adapt_documents` (locas, NTP, one step per window, shared scoring
 forward), for one book alone and for a batch of books in one call. The two run alternately in one process;
 the script prints the median of the paired time ratios project / minimal (target <= 0.9 for one book on
-CPU) and both perplexities (same to 1e-3 relative).
+CPU) and both perplexities (same to 1e-3 relative). First it measures which share of the project's window
+step is the memory's: the median step (as the scheduler measures it, `step_latency`) at the memory width asked
+against one at width 1, whose branch costs next to nothing; the rest is the backbone, as in the minimal loop.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -96,6 +99,19 @@ def paired(model, books, cfg, repeats: int) -> dict:
             "ppl_max_rel_diff": max(abs(p - m) / m for p, m in zip(ppl["project"], ppl["minimal"]))}
 
 
+def memory_share(model, cfg, rounds: int = 3, steps: int = 20) -> dict:
+    """Median window step at the configured memory width and at width 1, alternately `rounds` times."""
+    from locas.adapt import step_latency
+
+    narrow = dataclasses.replace(cfg, memory_width=1)
+    full, floor = [], []
+    for _ in range(rounds):
+        full.append(step_latency(model, cfg, [1], steps)[1])
+        floor.append(step_latency(model, narrow, [1], steps)[1])
+    step, base = statistics.median(full), statistics.median(floor)
+    return {"step_s": round(step, 4), "width_1_step_s": round(base, 4), "memory_share": round(1 - base / step, 3)}
+
+
 def main(argv=None):
     from transformers import AutoTokenizer
 
@@ -121,7 +137,7 @@ def main(argv=None):
     books = [torch.tensor(tokenizer(b.text, add_special_tokens=False).input_ids) for b in load_books(args.books, ids=ids)]
     cfg = AdaptConfig(method="locas", loss="NTP", memory_width=args.r, window_size=args.window)
     report = {"date": datetime.date.today().isoformat(), "device": device_name("cpu"), "model": args.model,
-              "window": args.window, "r": args.r,
+              "window": args.window, "r": args.r, "step": memory_share(model, cfg),
               "one_book": paired(model, [books[0][:args.tokens]], cfg, args.repeats),
               "batch_of_books": paired(model, [b[:args.tokens // len(books)] for b in books], cfg, args.repeats)}
     print(json.dumps(report, indent=1))
