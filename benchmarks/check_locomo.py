@@ -1,7 +1,7 @@
 """LoCoMo answer scores as the project computes them, against LoCoMo's own scorer on the same answers.
 
     git clone https://github.com/snap-research/locomo    # its task_eval/evaluation.py
-    pip install bert_score regex                          # what that module imports
+    pip install -e ".[checks]"                            # bert_score and regex: what that module imports
     python -m benchmarks.check_locomo --locomo_repo locomo [--results OUTPUT_FOLDER ...]
 
 Every question of the LoCoMo file (default ../shared/data/locomo/locomo10.json) is scored by both: the

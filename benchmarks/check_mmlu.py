@@ -1,6 +1,6 @@
 """MMLU as the project scores it, against lm-evaluation-harness on the same model and the same files.
 
-    pip install lm_eval==0.4.13
+    pip install -e ".[checks]"                      # lm-evaluation-harness 0.4.13
     python -m benchmarks.check_mmlu                 # tinylm-pg19 on ../shared/data/mmlu, 0 and 5 shots
     python -m benchmarks.check_mmlu --book 26618    # also after adapting on a PG-19 book: its dense export
 
