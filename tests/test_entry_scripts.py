@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,6 +116,33 @@ def test_killed_driver_resumes_to_the_same_table(ray_local, tiny_path, books, tm
     unit_ids = [r["unit_id"] for r in rows if r["kind"] in ("book", "error")]
     assert len(unit_ids) == len(set(unit_ids)) == 5
     assert book_table(out) == pytest.approx(book_table(reference))
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does(ray_local, tiny_path, books, tmp_path, capsys):
+    """`ray job stop` sends the driver SIGTERM: exit code 130 and the line saying how to resume, the finished
+    units kept, the actors given back."""
+    out = tmp_path / "stopped"
+    ledger = out / "ledger.jsonl"
+
+    def stop_after_the_first_unit():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (ledger.exists() and ledger.read_text().count("\n") >= 1):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # a SIGTERM that came after the run had put its handler back must not end the test session
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        threading.Thread(target=stop_after_the_first_unit, daemon=True).start()
+        code = run_pg19.main(flags(tiny_path, books, out))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 130 and "interrupted: rerun the same command to resume" in capsys.readouterr().err
+    assert 1 <= ledger.read_text().count("\n") < 5
+    deadline = time.time() + 30
+    while time.time() < deadline and ray_local.available_resources().get("CPU") != 2:
+        time.sleep(0.1)
+    assert ray_local.available_resources().get("CPU") == 2, "the stopped run's actors still hold their CPUs"
 
 
 def test_run_locomo_end_to_end(ray_local, tiny_path, tmp_path, capsys):
