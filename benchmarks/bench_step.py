@@ -7,9 +7,10 @@ memory in forward hooks on the MLPs, the HF forward, cross-entropy, backward, `t
 project runs the same documents through `adapt_documents` (locas, NTP, one step per window, shared scoring
 forward), for one book alone and for a batch of books in one call. The two run alternately in one process;
 the script prints the median of the paired time ratios project / minimal (target <= 0.9 for one book on
-CPU) and both perplexities (same to 1e-3 relative). First it measures which share of the project's window
-step is the memory's: the median step (as the scheduler measures it, `step_latency`) at the memory width asked
-against one at width 1, whose branch costs next to nothing; the rest is the backbone, as in the minimal loop.
+CPU), both perplexities (same to 1e-3 relative) and each run's minor page faults. First it measures which
+share of the project's window step is the memory's: the median step (as the scheduler measures it,
+`step_latency`) at the memory width asked against one at width 1, whose branch costs next to nothing; the
+rest is the backbone, as in the minimal loop.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import dataclasses
 import datetime
 import json
 import math
+import resource
 import statistics
 import sys
 import time
@@ -82,19 +84,21 @@ def paired(model, books, cfg, repeats: int) -> dict:
     """Project and minimal loop alternately (one warm-up each), `repeats` times: times and perplexities."""
     runs = {"minimal": lambda: [minimal_adapt(model, t, cfg) for t in books],
             "project": lambda: project_adapt(model, books, cfg)}
-    seconds, ppl = {name: [] for name in runs}, {}
+    seconds, ppl, faults = {name: [] for name in runs}, {}, {name: [] for name in runs}
     for turn in range(repeats + 1):
         for name in (list(runs) if turn % 2 == 0 else list(runs)[::-1]):
-            start = time.perf_counter()
+            start, faulted = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             sums = runs[name]()
             if turn:
                 seconds[name].append(time.perf_counter() - start)
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
                 print(f"{len(books)} book(s), turn {turn}: {name} {seconds[name][-1]:.2f} s", file=sys.stderr, flush=True)
             ppl[name] = [math.exp(nll / n) for nll, n in sums]
     ratios = [p / m for p, m in zip(seconds["project"], seconds["minimal"])]
     return {"books": len(books), "tokens": sum(len(t) for t in books),
             "minimal_s": [round(s, 2) for s in seconds["minimal"]], "project_s": [round(s, 2) for s in seconds["project"]],
             "project_over_minimal": round(statistics.median(ratios), 3),
+            "page_faults_minimal": faults["minimal"], "page_faults_project": faults["project"],
             "ppl_minimal": [round(p, 4) for p in ppl["minimal"]], "ppl_project": [round(p, 4) for p in ppl["project"]],
             "ppl_max_rel_diff": max(abs(p - m) / m for p, m in zip(ppl["project"], ppl["minimal"]))}
 
