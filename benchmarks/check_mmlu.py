@@ -7,7 +7,7 @@
 lm-eval runs its own MMLU task (its built-in `mmlu/default` template: prompt, letter choices, `first_n`
 few-shot exemplars from `dev`, accuracy by the highest log-likelihood) with only the data source changed to
 the `{subject}_test.csv` / `{subject}_dev.csv` files. The project scores the same questions with
-`run_mmlu_base`, the code behind every MMLU figure it reports. Printed per subject, shot count and variant: both
+`score_questions`, the code behind every MMLU row it writes (`run_mmlu_base`, `run_mmlu_retention`). Printed per subject, shot count and variant: both
 accuracies, the share of questions whose predicted letters agree, and the largest difference between the two
 tools' log-probabilities of a letter.
 
@@ -73,8 +73,8 @@ def project_scores(model, tokenizer, questions, dev, shots: int, variant: str = 
     from locas.tasks.mmlu import letter_logprobs, letter_token_ids, prepare_prompts, score_questions
 
     rows = score_questions(model, tokenizer, questions, dev, shots, variant=variant)
-    prompts = prepare_prompts(tokenizer, questions, dev, shots)
-    logprobs = [letter_logprobs(model, [p], letter_token_ids(tokenizer))[0].tolist() for p in prompts]
+    letters = letter_token_ids(tokenizer)
+    logprobs = [letter_logprobs(model, [p], letters)[0].tolist() for p in prepare_prompts(tokenizer, questions, dev, shots)]
     return rows, logprobs
 
 

@@ -1,5 +1,7 @@
-"""Shared fixtures: tiny random checkpoints saved and reloaded from disk, and the real shared data."""
+"""Shared fixtures: tiny random checkpoints saved and reloaded from disk, and the real shared data; waiting
+helpers."""
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINYLM = SHARED / "models" / "tinylm-pg19"
 PG19_BOOKS = SHARED / "data" / "pg19" / "books"
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def ledger_lines(output) -> int:
+    """Units a run's ledger has recorded so far (0 before it exists)."""
+    path = Path(output) / "ledger.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
 
 
 def require(path: Path) -> Path:

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import psutil
 import ray._private.parameter as ray_parameter
 import yaml
+from conftest import wait_for
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,16 +86,6 @@ def answers(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def autoscaling_config(gcs_address: str, gpu_workers: int, idle_minutes: float) -> dict:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PG19_BOOKS, TINYLM, require
-from fakecluster import FakeCluster, free_port, wait_for
+from conftest import PG19_BOOKS, TINYLM, ledger_lines, require, wait_for
+from fakecluster import FakeCluster, free_port
 
 from analysis.rows import read_ledger, read_manifest, read_rows
 from locas.errors import LocasError
@@ -38,11 +38,6 @@ def driver(fake, output, *extra, **popen):
     command = [sys.executable, str(ROOT / "orchestration" / "run_pg19.py"), *pg19_flags(output, *extra)]
     return subprocess.Popen(command, cwd=ROOT, env=fake.client_env(), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, **popen)
-
-
-def ledger_lines(output) -> int:
-    path = Path(output) / "ledger.jsonl"
-    return path.read_text().count("\n") if path.exists() else 0
 
 
 def ppl(output) -> float:

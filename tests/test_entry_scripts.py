@@ -6,11 +6,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import PG19_BOOKS, require
+from conftest import PG19_BOOKS, ledger_lines, require, wait_for
 
 from analysis.load import load_run
 from analysis.rows import read_manifest, read_rows
@@ -102,12 +101,12 @@ def test_killed_driver_resumes_to_the_same_table(ray_local, tiny_path, books, tm
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ledger, deadline = out / "ledger.jsonl", time.time() + 120
-    while time.time() < deadline and not (ledger.exists() and ledger.read_text().count("\n") >= 1):
-        time.sleep(0.05)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    finished_before = ledger.read_text().count("\n")
+    try:
+        wait_for(lambda: ledger_lines(out) >= 1, 120, "the driver's first finished unit", every=0.05)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finished_before = ledger_lines(out)
     assert 1 <= finished_before, "the driver should have finished a unit before it was killed"
     resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 1, resumed.stderr  # the short book failed: every other unit is done
@@ -122,12 +121,9 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(ray_local, tiny_path, books, tmp_path
     """`ray job stop` sends the driver SIGTERM: exit code 130 and the line saying how to resume, the finished
     units kept, the actors given back."""
     out = tmp_path / "stopped"
-    ledger = out / "ledger.jsonl"
 
     def stop_after_the_first_unit():
-        deadline = time.time() + 120
-        while time.time() < deadline and not (ledger.exists() and ledger.read_text().count("\n") >= 1):
-            time.sleep(0.01)
+        wait_for(lambda: ledger_lines(out) >= 1, 120, "the run's first finished unit", every=0.01)
         os.kill(os.getpid(), signal.SIGTERM)
 
     # a SIGTERM that came after the run had put its handler back must not end the test session
@@ -138,11 +134,9 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(ray_local, tiny_path, books, tmp_path
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert code == 130 and "interrupted: rerun the same command to resume" in capsys.readouterr().err
-    assert 1 <= ledger.read_text().count("\n") < 5
-    deadline = time.time() + 30
-    while time.time() < deadline and ray_local.available_resources().get("CPU") != 2:
-        time.sleep(0.1)
-    assert ray_local.available_resources().get("CPU") == 2, "the stopped run's actors still hold their CPUs"
+    assert 1 <= ledger_lines(out) < 5
+    wait_for(lambda: ray_local.available_resources().get("CPU") == 2, 30,
+             "the stopped run's actors to give back their CPUs", every=0.1)
 
 
 def test_run_locomo_end_to_end(ray_local, tiny_path, tmp_path, capsys):
