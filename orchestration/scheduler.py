@@ -116,9 +116,7 @@ class Scheduler:
         try:
             answer = ray.get(ref)
         except RayActorError as e:
-            if e.actor_init_failed:
-                raise self._fatal(e) from None
-            self._death(actor, e)
+            self._actor_error(actor, e)
             return
         if isinstance(answer, dict) and "latency" in answer:  # its measured step latency
             actor.latency = StepLatency(answer["latency"]) if answer["latency"] else None
@@ -221,6 +219,13 @@ class Scheduler:
         self._add_actors()
         self._admit()
 
+    def _actor_error(self, actor: _Actor, err: BaseException) -> None:
+        """An actor that could not be created stops the run (its replacement would fail alike); one that
+        died after starting is a death."""
+        if err.actor_init_failed:
+            raise self._fatal(err) from None
+        self._death(actor, err)
+
     @staticmethod
     def _fatal(err: BaseException) -> LocasError:
         cause = getattr(err, "cause", None) or err
@@ -257,9 +262,7 @@ class Scheduler:
         except StopIteration:  # the stream ended without a close: a worker bug
             raise RuntimeError(f"worker stream ended holding {sorted(actor.jobs)}") from None
         except RayActorError as e:
-            if e.actor_init_failed:
-                raise self._fatal(e) from None
-            self._death(actor, e)
+            self._actor_error(actor, e)
             return
         except RayTaskError as e:
             raise self._fatal(e) from None
