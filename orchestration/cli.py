@@ -34,8 +34,8 @@ class RunOptions(Settings):
                                 "folder of the head (the job's own folder is a temporary copy)")
     num_gpus: int = option(0, "GPU actors, one GPU each; 0 runs on CPU actors")
     num_workers: int = option(1, "CPU actors when --num_gpus is 0")
-    batch_size: int | None = option(None, "PG-19 books adapted at once per actor; unset: on GPUs the method's "
-                                    "batch (locas/none: 8 for NTP, 4 for SD/MIX), else 1")
+    batch_size: int | None = option(None, "units adapted at once per actor; unset: for PG-19 books on GPUs the "
+                                    "method's batch (locas/none: 8 for NTP, 4 for SD/MIX), else 1")
     gpu_timeout: float = option(1200.0, "seconds to wait for the first GPU the autoscaler starts (--num_gpus > 0)")
     cluster_config: str | None = option(None, "the cluster yaml whose node types bound --num_gpus (default: "
                                         "~/ray_bootstrap_config.yaml, which `ray up` leaves on the head)")
@@ -70,13 +70,27 @@ class Plan:
     args: argparse.Namespace  # every flag, the script's own too
 
 
+BATCH_HELP = {"locomo": "conversations at once per actor: LoCoMo runs one at a time, so only 1 is useful",
+              "mmlu": "checks at once per actor: MMLU runs one at a time, so only 1 is useful"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default, unless its help already says what leaving it unset means."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if action.default is None or "default" in text else super()._get_help_string(action)
+
+
 def build_parser(task: Task, description: str | None = None,
                  parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser = parser_class(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The task script's parser: every config's flags, whole names only (`--max_book` is refused, not taken
+    for `--max_books`)."""
+    parser = parser_class(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     add_flags(parser, ModelSpec, "model")
     add_flags(parser, AdaptConfig, "method, memory and optimizer")
     add_flags(parser, task.options, f"{task.name} data")
-    add_flags(parser, RunOptions, "run")
+    add_flags(parser, RunOptions, "run", helps={"batch_size": BATCH_HELP.get(task.name)})
     return parser
 
 
@@ -161,8 +175,11 @@ def execute(plan: Plan, units: list, config: dict, run_id: str):
     scheduler)."""
     from orchestration.cluster import gpus, start_ray
 
+    from orchestration.store import RunStore
+
     if not units:
         raise LocasError("nothing to run: the data selection is empty")
+    RunStore(plan.run.output).refuse_other(plan.task.name, config, run_id)  # before Ray's seconds of start-up
     print(f"output: {plan.run.output}", flush=True)
     local = start_ray(plan.run.demo)
     with gpus(plan.run.num_gpus, plan.run.gpu_timeout, plan.run.cluster_config, local):
@@ -201,6 +218,7 @@ def run_task(task_name: str, argv=None, description: str | None = None) -> int:
     from analysis.load import load_run
 
     plan = parse(TASKS[task_name], argv, description)
+    plan.spec = plan.spec.on(gpu=bool(plan.run.num_gpus))
     check_model(plan.spec, plan.cfg)
     config, run_id = run_config(task_name, plan.spec, plan.cfg, plan.options)
     units = plan.task.units(plan.options, plan.cfg, run_id)

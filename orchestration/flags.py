@@ -23,14 +23,18 @@ def _kind(annotation) -> tuple[type, bool]:
     return (args[0] if args else annotation), type(None) in typing.get_args(annotation)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], title: str, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of `cls` (but `skip`): `--name` and its aliases, typed, with default and choices."""
+def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], title: str, skip: tuple[str, ...] = (),
+              helps: dict | None = None) -> None:
+    """One flag per field of `cls` (but `skip`): `--name` and its aliases, typed, with default and choices;
+    `helps` replaces the help text of some (a script for which the field's own text is wrong)."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in skip:
             continue
-        meta, (kind, _) = f.metadata, _kind(hints[f.name])
+        meta, (kind, _) = dict(f.metadata), _kind(hints[f.name])
+        if helps and helps.get(f.name):
+            meta["help"] = helps[f.name]
         names = [f"--{f.name}", *(f"--{alias}" for alias in meta.get("aliases", ()))]
         default = None if f.default is MISSING else f.default
         if kind is bool:

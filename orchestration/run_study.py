@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestration.cli import RunOptions, cli_main, resolve_output
+from orchestration.cli import HelpFormatter, RunOptions, cli_main, resolve_output
 from orchestration.flags import add_flags, from_flags
 
 DEMO_STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("study", nargs="?", help="the study file (YAML: defaults, runs)")
     parser.add_argument("--check", action="store_true", help="parse the study and list its runs; run nothing")
     add_flags(parser, RunOptions, "the pool")

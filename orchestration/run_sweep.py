@@ -50,8 +50,8 @@ class SweepOptions(Settings):
                                       "them): on a cluster a URI or folder every node reaches (s3://bucket/path, "
                                       "an NFS mount); default OUT/tune on a local Ray")
     allow_test: bool = option(False, "allow sweeping on PG-19's test books (not advised)")
-    test_data: str | None = option(None, "--data of the printed test command (default: the dev source when it "
-                                   "holds the test split, else emozilla/pg19)")
+    test_data: str | None = option(None, "--data of the printed test command (default: this sweep's --data, "
+                                   "whose test split it names)")
 
 
 def sweep_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -98,14 +98,18 @@ def plan_sweep(argv, parser=None, demo_inputs: Path | None = None, check_models:
 @cli_main
 def main(argv=None):
     from orchestration.cluster import gpus, start_ray
-    from orchestration.sweep.driver import run_sweep
+    from orchestration.store import RunStore
+    from orchestration.sweep.driver import TASK, run_sweep, store_config
 
     planned = plan_sweep(argv)
     plan, sweep, space, configs = planned.plan, planned.sweep, planned.space, planned.configs
+    plan.spec = plan.spec.on(gpu=bool(plan.run.num_gpus))
     books = load_books(plan.options.data, split=plan.options.split, ids=split_list(plan.options.book_ids),
                        max_books=plan.options.max_books)
     refuse_test_books(plan.options.data, plan.options.split, [b.book_id for b in books], allow_test=sweep.allow_test)
     print(f"sweep: {len(configs)} trials x {len(books)} books ({plan.options.data}, split {plan.options.split})")
+    RunStore(plan.run.output).refuse_other(TASK, *store_config(plan.spec, plan.options.data, plan.options.split,
+                                                               books))
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: "rerun the same command", not Tuner.restore
     local = start_ray(plan.run.demo)
     if not local and not sweep.tune_storage:

@@ -167,17 +167,21 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
     """Run every unit of the study not yet finished on one pool of actors, then write each run's summary, each
     sweep's trials.csv, study.json and (`report`) the report. Returns the exit code (1 when any unit failed)."""
     from orchestration.cluster import gpus, start_ray
+    from orchestration.store import RunStore
 
     output = resolve_output(pool.output)
     runs = plan_study(path, output, pool.demo)
-    parts = [_Part(run, folder, plan, *run_config(plan.task.name, plan.spec, plan.cfg, plan.options))
+    plans = [(run, folder, dataclasses.replace(plan, spec=plan.spec.on(gpu=bool(pool.num_gpus))))
              for run in runs for folder, plan in run.plans]
+    parts = [_Part(run, folder, plan, *run_config(plan.task.name, plan.spec, plan.cfg, plan.options))
+             for run, folder, plan in plans]
     seen = {}
     for part in parts:
         if part.run_id in seen:
             raise LocasError(f"{path}: runs {seen[part.run_id]} and {part.folder} are the same run (same task, "
                              "model, settings and data): keep one")
         seen[part.run_id] = part.folder
+        RunStore(output / part.folder).refuse_other(part.plan.task.name, part.config, part.run_id)
     local = start_ray(pool.demo)
     with gpus(pool.num_gpus, pool.gpu_timeout, pool.cluster_config, local):  # asked for, the first one up
         _run_parts(path, output, runs, parts, pool)

@@ -214,7 +214,6 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
     import ray
     from ray import tune
 
-    from locas.data.pg19 import test_source
     from orchestration.store import RunStore
 
     if not configs:
@@ -276,7 +275,7 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
     if best is not None:
         cfg = AdaptConfig.from_dict(next(r["adapt"] for r in store.rows()
                                          if r.get("kind") == "trial" and r.get("config_id") == best["trial"]))
-        command = best_command(cfg, spec, test_data or test_source(data), num_gpus)
+        command = best_command(cfg, spec, test_data or data, num_gpus)
     store.write_summary({"task": TASK, "trials": len(table), "ran": ran, "skipped": skipped, "remaining": remaining,
                          "statuses": {s: int((table["status"] == s).sum()) for s in STATUSES},
                          "best": best, "best_command": command, "trials_csv": str(csv_path)})
