@@ -30,7 +30,7 @@ from typing import Callable
 
 from locas.errors import LocasError, error_row, one_line
 from orchestration.policy import DeadlineAdmission, Placed, StepLatency
-from orchestration.progress import Progress
+from orchestration.progress import Polls, Progress
 from orchestration.store import RunStore
 from orchestration.units import Unit, row_keys
 
@@ -63,7 +63,8 @@ class Scheduler:
     """Runs units on up to `num_workers` actors made by `make_worker()` (a Ray actor handle of
     `remote_worker_class`), writing each unit to its run folder as it finishes.
 
-    `progress` (a Progress, or None) advances per unit; `on_rows(unit, rows, status)` is called after a
+    `progress` (a Progress, or None) hears how far the running units are (`Polls`) and advances per
+    finished unit; `on_rows(unit, rows, status)` is called after a
     unit is in its folder. `latency` fixes the step-latency model instead of measuring it on each actor.
     `run` returns counts: total, skipped, done, failed, requeued (units retried after their actor died),
     worker_deaths (actors lost and replaced), seconds.
@@ -82,6 +83,7 @@ class Scheduler:
         self.actors: list[_Actor] = []
         self.starting: dict = {}  # pending ref → actor not started yet
         self.by_stream: dict = {}  # stream → actor
+        self.polls = Polls(progress)
         self.created: list = []  # every handle made here, killed at the end
         self.counts: dict = {}
         self.remaining = 0
@@ -244,14 +246,19 @@ class Scheduler:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def _step(self) -> None:
-        """Wait (at most a second) for an actor to start, one unit's rows, or a death, and handle it."""
+        """Wait (at most a second) for an actor to start, one unit's rows, a death or an answer about
+        progress, and handle it."""
         import ray
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
-        ready, _ = ray.wait([*self.starting, *self.by_stream], num_returns=1, timeout=1.0)
+        self.polls.ask(self.actors, self._now())
+        ready, _ = ray.wait([*self.starting, *self.by_stream, *self.polls.pending], num_returns=1, timeout=1.0)
         if not ready:
             if self.progress is not None:
                 self.progress.tick()
+            return
+        if ready[0] in self.polls.pending:
+            self.polls.answer(ready[0])
             return
         if ready[0] in self.starting:
             self._started(ready[0])

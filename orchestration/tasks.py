@@ -21,7 +21,8 @@ from orchestration.units import Unit
 Rows = list[dict]
 Runner = Callable[[object, Source, int, object], Iterator[tuple[str, Rows]]]  # (model, units, slots, progress)
 """A runner takes the units of one group (one model, task and config: `units.head` says which) as slots free,
-and yields (unit_id, rows) as each finishes; `units` is an orchestration.worker.Taken source."""
+and yields (unit_id, rows) as each finishes; `units` is an orchestration.worker.Taken source. `progress`
+(or None) is `progress(unit_id, **counts)`: a locas.documents.Progress keyed by unit ids."""
 
 
 # --- options: each field is a flag of the task's script -------------------------------------------------
@@ -118,6 +119,11 @@ def _adapt(unit: Unit) -> AdaptConfig:
     return AdaptConfig.from_dict(unit.payload["adapt"])
 
 
+def _of(unit: Unit, progress):
+    """The task's Progress for a runner that runs one unit at a time: every count is `unit`'s."""
+    return None if progress is None else lambda _doc_id, **counts: progress(unit.unit_id, **counts)
+
+
 # --- PG-19 ------------------------------------------------------------------------------------------------
 
 
@@ -139,7 +145,8 @@ def run_pg19(model, units, slots: int = 1, progress=None) -> Iterator[tuple[str,
         by_book[unit.payload["item"].book_id] = unit
         return unit.payload["item"]
 
-    for done, rows in run_pg19_books(model, model.tokenizer, units.map(book), _adapt(units.head), batch_size=slots):
+    heard = None if progress is None else lambda book_id, **counts: progress(by_book[book_id].unit_id, **counts)
+    for done, rows in run_pg19_books(model, model.tokenizer, units.map(book), _adapt(units.head), slots, heard):
         yield by_book.pop(done.book_id).unit_id, rows
 
 
@@ -171,7 +178,7 @@ def run_locomo(model, units, slots: int = 1, progress=None) -> Iterator[tuple[st
 
     for unit in units:
         yield unit.unit_id, run_locomo_conversation(model, model.tokenizer, unit.payload["item"], _adapt(unit),
-                                                    **unit.payload["options"], progress=progress)
+                                                    **unit.payload["options"], progress=_of(unit, progress))
 
 
 def configure_locomo(cfg: AdaptConfig) -> AdaptConfig:
@@ -205,9 +212,10 @@ def run_mmlu(model, units, slots: int = 1, progress=None) -> Iterator[tuple[str,
         book, questions, dev = unit.payload["item"]
         k = unit.payload["options"]["k"]
         if book is None:
-            rows = run_mmlu_base(model, model.tokenizer, questions, dev=dev, k=k)
+            rows = run_mmlu_base(model, model.tokenizer, questions, dev=dev, k=k, progress=_of(unit, progress))
         else:
-            rows = run_mmlu_retention(model, model.tokenizer, book, questions, _adapt(unit), dev=dev, k=k)
+            rows = run_mmlu_retention(model, model.tokenizer, book, questions, _adapt(unit), dev=dev, k=k,
+                                      progress=_of(unit, progress))
         yield unit.unit_id, rows
 
 
