@@ -44,6 +44,8 @@ class RunOptions(Settings):
                                       "unset: measured on each GPU actor when it starts (batches are sized with it)")
     demo: bool = option(False, "a tiny model and built-in text on a local Ray: the whole path in under 2 minutes")
     no_progress: bool = option(False, "no progress bar")
+    verbose: bool = option(False, "also show what stays in Ray's logs otherwise: the actors' output (model loading, "
+                           "library warnings), Ray's and Tune's banners and per-trial lines")
 
     def checked(self) -> "RunOptions":
         """Itself, once its numbers are in range and its latency table parses (before anything starts)."""
@@ -99,8 +101,11 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
     """Flags → configs (`parser`: a script's own, with flags of its own beside the task's). `--demo` fills in
     the demo inputs of `demo_task` (default: the task's; made under `demo_inputs`, default the run's own
     folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
+    from orchestration.cluster import quiet_console
+
     parser = parser or build_parser(task, description)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     if args.output:  # first, so that --demo puts its inputs under the folder the run will use
         args.output = str(resolve_output(args.output))
     if args.demo:
@@ -181,7 +186,7 @@ def execute(plan: Plan, units: list, config: dict, run_id: str):
         raise LocasError("nothing to run: the data selection is empty")
     RunStore(plan.run.output).refuse_other(plan.task.name, config, run_id)  # before Ray's seconds of start-up
     print(f"output: {plan.run.output}", flush=True)
-    local = start_ray(plan.run.demo)
+    local = start_ray(plan.run.demo, plan.run.verbose)
     with gpus(plan.run.num_gpus, plan.run.gpu_timeout, plan.run.cluster_config, local):
         return _run_units(plan, units, config, run_id)
 

@@ -12,7 +12,9 @@
   A local Ray started here listens on 127.0.0.1 only (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`: every address of
   its processes is the loopback one) and, RAY_AUTH_MODE being unset, Ray turns token auth on for it (the
   token in ~/.ray/auth_token).
-- Actors' output reaches the driver (`log_to_driver`); in a Ray job it is in `ray job logs`.
+- A quiet console: actors' output (their bars, library warnings) stays in Ray's logs and the dashboard, and
+  Ray's and Tune's banners are off; `verbose` brings them back (actors' output on the driver, or in
+  `ray job logs` for a Ray job).
 - Secrets named in SECRETS reach every actor through the job's runtime_env when the driver has them (unless
   the job was submitted with them already, `ray job submit --runtime-env-json`).
 - GPUs: the run asks the autoscaler for its GPUs (`request_resources`, one {"GPU": 1} bundle per actor), waits
@@ -136,15 +138,32 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False  # read once, when Ray was imported
 
 
-def start_ray(demo: bool = False) -> bool:
+def quiet_console(verbose: bool) -> None:
+    """Unless `verbose`: no Tune banners or tables (its old, silent output engine), no progress bars of the
+    Hugging Face libraries and only their errors, on the driver (actors' output stays in Ray's logs)."""
+    if verbose:
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def start_ray(demo: bool = False, verbose: bool = False) -> bool:
     """Join the running cluster if there is one, else start a local Ray on loopback (always for --demo: 2 CPUs,
-    no dashboard). Returns whether this process started the Ray it is connected to."""
+    no dashboard). Returns whether this process started the Ray it is connected to. Unless `verbose`, actors'
+    output stays in Ray's logs and Ray says only its errors."""
+    import logging
+
     import ray
 
+    quiet_console(verbose)
     if ray.is_initialized():
         return started_here()
     secrets = _secrets_env()
-    common = {"log_to_driver": True, **({"runtime_env": {"env_vars": secrets}} if secrets else {})}
+    common = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR,
+              **({"runtime_env": {"env_vars": secrets}} if secrets else {})}
     address, source = (None, "") if demo else cluster_address()
     if address is not None:
         check_address(address, source)

@@ -46,6 +46,7 @@ class Progress:
         self.size_done = self.done = self.finished = 0
         self.inside: dict[str, tuple[float, int]] = {}  # unit_id → (size done, amount) of units in work
         self.began: float | None = None
+        self.started = self.clock()
         if self.enabled:
             from tqdm.auto import tqdm
 
@@ -54,8 +55,9 @@ class Progress:
             self.bar.set_postfix_str(self.postfix())
 
     def _begin(self) -> None:
+        """A unit finished before any was heard of (units shorter than a poll): time from the run's start."""
         if self.began is None:
-            self.began = self.clock()
+            self.began = self.started
 
     def figures(self) -> tuple[float, float, float]:
         """(count per second, seconds left, fraction of the size done) as of now."""

@@ -34,7 +34,10 @@ def main(argv=None):
     from locas.errors import LocasError
     from orchestration.study import plan_study, run_study
 
+    from orchestration.cluster import quiet_console
+
     args = _parser().parse_args(argv)
+    quiet_console(args.verbose)
     if args.demo:
         args.study = args.study or str(DEMO_STUDY)
         args.output = args.output or "runs/demo-study"

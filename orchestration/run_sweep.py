@@ -111,7 +111,7 @@ def main(argv=None):
     RunStore(plan.run.output).refuse_other(TASK, *store_config(plan.spec, plan.options.data, plan.options.split,
                                                                books))
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: "rerun the same command", not Tuner.restore
-    local = start_ray(plan.run.demo)
+    local = start_ray(plan.run.demo, plan.run.verbose)
     if not local and not sweep.tune_storage:
         raise LocasError("on a cluster, --tune_storage is required: a URI or folder every node reaches "
                          "(s3://bucket/sweeps, an NFS mount) for the trials' checkpoints; the run folder stays "
@@ -125,7 +125,7 @@ def main(argv=None):
                            gpus_per_trial=sweep.gpus_per_trial, num_workers=plan.run.num_workers, asha=sweep.asha,
                            batch_size=plan.run.batch_size, test_data=sweep.test_data,
                            progress=not plan.run.no_progress, max_trials=sweep.max_trials,
-                           storage_path=storage)
+                           storage_path=storage, verbose=plan.run.verbose)
     print(f"trials: {result.ran} ran now, {result.skipped} already finished"
           + (f", {len(result.remaining)} not finished yet: rerun the same command" if result.remaining else ""))
     if len(result.table):

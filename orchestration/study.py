@@ -182,7 +182,7 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
                              "model, settings and data): keep one")
         seen[part.run_id] = part.folder
         RunStore(output / part.folder).refuse_other(part.plan.task.name, part.config, part.run_id)
-    local = start_ray(pool.demo)
+    local = start_ray(pool.demo, pool.verbose)
     with gpus(pool.num_gpus, pool.gpu_timeout, pool.cluster_config, local):  # asked for, the first one up
         _run_parts(path, output, runs, parts, pool)
     print(f"study: {output / STUDY_JSON}")

@@ -203,14 +203,16 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
               split: str = "validation", varied: tuple[str, ...] = SWEEPABLE, num_gpus: float = 0,
               gpus_per_trial: float | None = None, num_workers: int = 1, asha: bool = False,
               batch_size: int | None = None, test_data: str | None = None, progress: bool = True,
-              max_trials: int | None = None, max_failures: int = 2, storage_path: str | None = None) -> SweepResult:
+              max_trials: int | None = None, max_failures: int = 2, storage_path: str | None = None,
+              verbose: bool = False) -> SweepResult:
     """Run every trial of `configs` not yet finished in the run folder `output`; Ray must be initialized.
 
     `varied` names the settings the space varies (each trial's Tune config). `max_trials` runs at most that
     many of the unfinished trials (the rest wait for a rerun). A trial that did not end (interrupted sweep)
     is not in the ledger and is listed in `remaining`. `storage_path` is where Tune keeps the trials'
     checkpoints (default OUT/tune): on a cluster, a folder or URI that every node reaches, or a trial on a
-    worker node cannot save its books done (Ray refuses a head-local folder there)."""
+    worker node cannot save its books done (Ray refuses a head-local folder there). `verbose`: Tune's own
+    tables of trials."""
     import ray
     from ray import tune
 
@@ -245,7 +247,7 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
                                  gpu=bool(num_gpus), batch_size=batch_size), resources)
         values = {c.config_id: {name: getattr(c, name) for name in varied} for c in todo}
         space = {"config_id": tune.grid_search(list(values)),  # each trial's values, as its Tune config
-                 **{name: tune.sample_from(lambda spec, name=name: values[spec.config.config_id][name])
+                 **{name: tune.sample_from(lambda config, name=name: values[config["config_id"]][name])
                     for name in varied}}
         tuner = tune.Tuner(
             trainable,
@@ -256,7 +258,7 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
             run_config=tune.RunConfig(
                 storage_path=storage_path or str((Path(output) / TUNE_DIR).resolve()),
                 name=time.strftime("trials-%Y%m%d-%H%M%S"),
-                verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
+                verbose=2 if verbose else 0, failure_config=tune.FailureConfig(max_failures=max_failures),
                 callbacks=[_store_writer(store, by_id, len(books), scheduler.stopped_ids if scheduler else set(),
                                          bar)]),
         )
