@@ -32,7 +32,7 @@ def one_by_one(study: Path, output: Path, workers: int) -> tuple[float, list]:
         for _, plan in run.plans:
             plan = dataclasses.replace(plan, run=plan.run.replace(num_workers=workers, no_progress=True))
             config, run_id = run_config(plan.task.name, plan.spec, plan.cfg, plan.options)
-            _, scheduler = execute(plan, plan.task.units(plan.options, plan.cfg, run_id), config, run_id)
+            _, scheduler, _ = execute(plan, plan.task.units(plan.options, plan.cfg, run_id), config, run_id)
             loads += scheduler.loads
     return time.perf_counter() - start, loads
 

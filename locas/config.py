@@ -21,10 +21,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def option(default, help: str, *, aliases: tuple[str, ...] = (), choices=None, selects: bool = False):
+def option(default, help: str, *, aliases: tuple[str, ...] = (), choices=None, selects: bool = False, const=None):
     """A config field with its flag: help text, other flag names, allowed values. `selects` marks an option
-    that only chooses which units run (more books later extend the same run), not what a unit computes."""
-    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices, "selects": selects})
+    that only chooses which units run (more books later extend the same run), not what a unit computes;
+    `const` is the value of the flag given without one."""
+    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices, "selects": selects,
+                                            "const": const})
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class RunOptions(Settings):
                                       "unset: measured on each GPU actor when it starts (batches are sized with it)")
     demo: bool = option(False, "a tiny model and built-in text on a local Ray: the whole path in under 2 minutes")
     no_progress: bool = option(False, "no progress bar")
+    tracking: str | None = option(None, "log to MLflow at this tracking URI (default: MLFLOW_TRACKING_URI when set, "
+                                  "else no tracking); the flag alone: a sqlite file next to the run folder, "
+                                  "mlflow.db", const="embedded")
     verbose: bool = option(False, "also show what stays in Ray's logs otherwise: the actors' output (model loading, "
                            "library warnings), Ray's and Tune's banners and per-trial lines")
 
@@ -57,6 +60,10 @@ class RunOptions(Settings):
             from orchestration.policy import StepLatency
 
             StepLatency.parse(self.step_latency)
+        if self.output:
+            from orchestration.tracking import tracking_uri
+
+            tracking_uri(self.tracking, self.output)
         return self
 
 
@@ -176,8 +183,8 @@ def batch_size(plan: Plan, pool: RunOptions | None = None) -> int:
 
 
 def execute(plan: Plan, units: list, config: dict, run_id: str):
-    """Start or join Ray, get the GPUs, open the store, run every unit not yet finished; returns (store,
-    scheduler)."""
+    """Start or join Ray, get the GPUs, open the store (and its MLflow run), run every unit not yet finished;
+    returns (store, scheduler, tracker or None)."""
     from orchestration.cluster import gpus, start_ray
 
     from orchestration.store import RunStore
@@ -198,6 +205,7 @@ def _run_units(plan: Plan, units: list, config: dict, run_id: str):
     from orchestration.progress import Progress
     from orchestration.scheduler import Scheduler
     from orchestration.store import RunStore
+    from orchestration.tracking import Tracker, killed_on_error, tracking_uri
     from orchestration.worker import remote_worker_class
 
     resources = ray.cluster_resources()
@@ -208,14 +216,17 @@ def _run_units(plan: Plan, units: list, config: dict, run_id: str):
     progress = Progress(task.name, task.things, task.counts, task.amount, enabled=not plan.run.no_progress)
     batch = batch_size(plan)
     latency = StepLatency.parse(plan.run.step_latency) if plan.run.step_latency else None
+    tracker = Tracker.start(tracking_uri(plan.run.tracking, store.path), store, task.amount, task.counts)
     scheduler = Scheduler(lambda: actor_class.remote(spec, require_cuda=on_gpu and spec.device != "cpu"), store,
-                          num_workers=plan.run.num_gpus or plan.run.num_workers, progress=progress, latency=latency)
-    counts = scheduler.run([dataclasses.replace(u, batch=batch) for u in units])
+                          num_workers=plan.run.num_gpus or plan.run.num_workers, progress=progress, latency=latency,
+                          on_rows=tracker and tracker.unit_done)
+    with killed_on_error([tracker]):
+        counts = scheduler.run([dataclasses.replace(u, batch=batch) for u in units])
     print(units_line(counts))
     known = {(w["node"], w["device"]) for w in store.manifest.get("workers", [])}  # earlier runs of this folder
     workers = sorted(known | scheduler.workers, key=str)
     store.update_manifest(workers=[{"node": n, "device": d} for n, d in workers])
-    return store, scheduler
+    return store, scheduler, tracker
 
 
 def run_task(task_name: str, argv=None, description: str | None = None) -> int:
@@ -227,13 +238,15 @@ def run_task(task_name: str, argv=None, description: str | None = None) -> int:
     check_model(plan.spec, plan.cfg)
     config, run_id = run_config(task_name, plan.spec, plan.cfg, plan.options)
     units = plan.task.units(plan.options, plan.cfg, run_id)
-    store, _ = execute(plan, units, config, run_id)
+    store, _, tracker = execute(plan, units, config, run_id)
     runs = load_run(store.path)
     table = plan.task.table(runs)
     if len(table):
         print(table.to_string(index=False))
     summary = plan.task.summary(runs)
     store.write_summary(summary)
+    if tracker is not None:
+        tracker.finish(summary)
     print(json.dumps(summary, indent=1))
     print(f"rows: {store.rows_path}\nsummary: {store.path / 'summary.json'}")
     failed = sorted(uid for uid, e in read_ledger(store.path).items() if e["status"] == "failed")

@@ -140,10 +140,12 @@ def _loopback_only() -> None:
 
 def quiet_console(verbose: bool) -> None:
     """Unless `verbose`: no Tune banners or tables (its old, silent output engine), no progress bars of the
-    Hugging Face libraries and only their errors, on the driver (actors' output stays in Ray's logs)."""
+    Hugging Face libraries and only their errors, MLflow's warnings only, on the driver (actors' output stays
+    in Ray's logs)."""
     if verbose:
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()

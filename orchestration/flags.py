@@ -43,8 +43,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], title: str, 
             group.add_argument(*names, dest=f.name, action="append", default=[], metavar=meta.get("metavar"),
                                help=meta.get("help"))
         else:
+            optional = {"nargs": "?", "const": meta["const"]} if meta.get("const") is not None else {}
             group.add_argument(*names, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
-                               help=meta.get("help"))
+                               help=meta.get("help"), **optional)
 
 
 def from_flags(args: argparse.Namespace, cls: type[Settings], **overrides):

@@ -100,6 +100,7 @@ def main(argv=None):
     from orchestration.cluster import gpus, start_ray
     from orchestration.store import RunStore
     from orchestration.sweep.driver import TASK, run_sweep, store_config
+    from orchestration.tracking import tracking_uri
 
     planned = plan_sweep(argv)
     plan, sweep, space, configs = planned.plan, planned.sweep, planned.space, planned.configs
@@ -125,7 +126,8 @@ def main(argv=None):
                            gpus_per_trial=sweep.gpus_per_trial, num_workers=plan.run.num_workers, asha=sweep.asha,
                            batch_size=plan.run.batch_size, test_data=sweep.test_data,
                            progress=not plan.run.no_progress, max_trials=sweep.max_trials,
-                           storage_path=storage, verbose=plan.run.verbose)
+                           storage_path=storage, verbose=plan.run.verbose,
+                           tracking=tracking_uri(plan.run.tracking, plan.run.output))
     print(f"trials: {result.ran} ran now, {result.skipped} already finished"
           + (f", {len(result.remaining)} not finished yet: rerun the same command" if result.remaining else ""))
     if len(result.table):

@@ -168,6 +168,7 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
     sweep's trials.csv, study.json and (`report`) the report. Returns the exit code (1 when any unit failed)."""
     from orchestration.cluster import gpus, start_ray
     from orchestration.store import RunStore
+    from orchestration.tracking import Tracker, killed_on_error, tracking_uri
 
     output = resolve_output(pool.output)
     runs = plan_study(path, output, pool.demo)
@@ -183,20 +184,26 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
         seen[part.run_id] = part.folder
         RunStore(output / part.folder).refuse_other(part.plan.task.name, part.config, part.run_id)
     local = start_ray(pool.demo, pool.verbose)
-    with gpus(pool.num_gpus, pool.gpu_timeout, pool.cluster_config, local):  # asked for, the first one up
-        _run_parts(path, output, runs, parts, pool)
+    uri = tracking_uri(pool.tracking, output)
+    parent = Tracker.for_study(uri, output, path)
+    with killed_on_error([parent]), gpus(pool.num_gpus, pool.gpu_timeout, pool.cluster_config, local):
+        _run_parts(path, output, runs, parts, pool, uri, parent and parent.run_id)
     print(f"study: {output / STUDY_JSON}")
     if report:
         from analysis.report import write_report
 
         markdown, book = write_report(output)
         print(f"report: {markdown}\nnotebook: {book}")
+    if parent is not None:
+        parent.finish({})
     return 1 if any(p.failed for p in parts) else 0
 
 
-def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], pool: RunOptions) -> None:
-    """Open every part's store, run their units not yet finished on one pool of actors, write each part's
-    summary, each sweep's trials.csv and study.json; Ray is up and the pool's GPUs asked for."""
+def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], pool: RunOptions, uri: str | None,
+               parent: str | None) -> None:
+    """Open every part's store (and its MLflow run, nested under `parent`), run their units not yet finished on
+    one pool of actors, write each part's summary, each sweep's trials.csv and study.json; Ray is up and the
+    pool's GPUs asked for."""
     import ray
 
     from analysis.load import load_run
@@ -204,10 +211,11 @@ def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], poo
     from orchestration.progress import Progress, StudyProgress
     from orchestration.scheduler import Scheduler
     from orchestration.store import RunStore
+    from orchestration.tracking import Tracker, killed_on_error
     from orchestration.worker import remote_worker_class
 
     resources = ray.cluster_resources()
-    units, bars = [], {}
+    units, bars, trackers = [], {}, {}
     for position, part in enumerate(parts):
         part.store = RunStore(output / part.folder).open(part.plan.task.name, part.config, part.run_id, resources,
                                                          pool.retry_failed)
@@ -219,6 +227,7 @@ def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], poo
         units += made
         task = part.plan.task
         bars[part.run_id] = Progress(part.folder, task.things, task.counts, task.amount, not pool.no_progress, position)
+        trackers[part.run_id] = Tracker.start(uri, part.store, task.amount, task.counts, parent, part.folder)
     by_run = {p.run_id: p for p in parts}
     _status(output, path, parts, "running")
 
@@ -226,6 +235,8 @@ def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], poo
         part = by_run[unit.run_id]
         setattr(part, "done" if status == "done" else "failed", getattr(part, "done" if status == "done" else "failed") + 1)
         _status(output, path, parts, "running")
+        if trackers[unit.run_id] is not None:
+            trackers[unit.run_id].unit_done(unit, rows, status)
 
     on_gpu = bool(pool.num_gpus)
     actor_class = remote_worker_class(num_gpus=1 if on_gpu else 0)
@@ -234,10 +245,14 @@ def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], poo
     scheduler = Scheduler(lambda: actor_class.remote(parts[0].plan.spec, require_cuda=require_cuda),
                           {p.run_id: p.store for p in parts}, num_workers=pool.num_gpus or pool.num_workers,
                           progress=StudyProgress(bars), on_rows=on_rows, latency=latency)
-    counts = scheduler.run(units)
+    with killed_on_error(trackers.values()):
+        counts = scheduler.run(units)
     print(f"{units_line(counts)}; model loads per actor: {scheduler.loads}")
     for part in parts:
-        part.store.write_summary(part.plan.task.summary(load_run(part.store.path)))
+        summary = part.plan.task.summary(load_run(part.store.path))
+        part.store.write_summary(summary)
+        if trackers[part.run_id] is not None:
+            trackers[part.run_id].finish(summary)
     for run in runs:
         if run.task == "sweep":
             _write_trials(output / run.name, [p for p in parts if p.run is run])
