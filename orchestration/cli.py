@@ -19,7 +19,7 @@ from pathlib import Path
 from analysis.rows import StoreError, read_ledger
 from locas.config import AdaptConfig, ModelSpec, Settings, option
 from locas.errors import LocasError
-from orchestration.flags import add_flags, from_flags
+from orchestration.flags import HelpFormatter, add_flags, from_flags
 from orchestration.tasks import TASKS, Task, resolved, run_config
 
 EXIT_FAILED_UNITS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -81,14 +81,6 @@ class Plan:
 
 BATCH_HELP = {"locomo": "conversations at once per actor: LoCoMo runs one at a time, so only 1 is useful",
               "mmlu": "checks at once per actor: MMLU runs one at a time, so only 1 is useful"}
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each flag's default, unless its help already says what leaving it unset means."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        return text if action.default is None or "default" in text else super()._get_help_string(action)
 
 
 def build_parser(task: Task, description: str | None = None,

@@ -15,6 +15,14 @@ from dataclasses import MISSING, fields
 from locas.config import Settings
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default, unless its help already says what leaving it unset means."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if action.default is None or "default" in text else super()._get_help_string(action)
+
+
 def _kind(annotation) -> tuple[type, bool]:
     """(the value type, whether None is allowed) of a field annotation such as `int | None`."""
     if typing.get_origin(annotation) is tuple:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestration.cli import HelpFormatter, RunOptions, cli_main, resolve_output
-from orchestration.flags import add_flags, from_flags
+from orchestration.cli import RunOptions, cli_main, resolve_output
+from orchestration.flags import HelpFormatter, add_flags, from_flags
 
 DEMO_STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
 
