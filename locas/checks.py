@@ -35,7 +35,8 @@ def check_model_config(config, cfg=None, *, model: str | None = None, as_flags: 
     name = _as_flag if as_flags else _as_field
     cfg.method_class.check_model(config, cfg, name)
     positions = getattr(config, "max_position_embeddings", None)
-    teacher = cfg.loss_class.teacher_tokens(cfg) if cfg.steps else 0
+    loss = cfg.loss_class
+    teacher = loss.teacher_tokens(cfg) if loss.needs_teacher and cfg.steps else 0
     if positions is not None and cfg.window_size + teacher > positions:
         reads = f" plus the {cfg.loss} teacher's {teacher} tokens before it" if teacher else ""
         raise LocasError(f"{name('window_size', cfg.window_size)}{reads} is more than the model's {positions} "

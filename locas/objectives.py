@@ -41,17 +41,12 @@ class Loss:
     description: str  # a few words for --loss's help
     aliases: tuple[str, ...] = ()  # other --loss values meaning this one
     options: type[Settings] | None = None  # its own AdaptConfig fields: a frozen Settings that checks them
-    needs_teacher = False
+    needs_teacher = False  # True: it reads the frozen base on `teacher_tokens(cfg)` tokens before each window
     shares_scoring_forward = True  # False: the loop scores each window in a forward of its own
     gpu_batch = 8  # documents adapted at once on one GPU (PG-19) under this loss: batch 1 is launch-bound
 
     def __init__(self, model, method, cfg):
         self.model, self.method, self.cfg = model, method, cfg
-
-    @classmethod
-    def teacher_tokens(cls, cfg) -> int:
-        """Tokens before a window that its teacher reads (0: no teacher)."""
-        return 0
 
     def prepare(self, batch):
         """What every step of this window shares, computed once per window (None: nothing)."""
@@ -96,6 +91,7 @@ class SelfDistillation(Loss):
 
     @classmethod
     def teacher_tokens(cls, cfg) -> int:
+        """Tokens before a window the teacher reads."""
         return cfg.window_size if cfg.teacher_context is None else cfg.teacher_context
 
     @torch.no_grad()
