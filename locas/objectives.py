@@ -50,7 +50,6 @@ class Loss:
 
     def prepare(self, batch):
         """What every step of this window shares, computed once per window (None: nothing)."""
-        return None
 
     def __call__(self, batch, prepared, step: int) -> LossOutput:
         raise NotImplementedError
