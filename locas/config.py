@@ -9,6 +9,7 @@ an adaptation config's `config_id` names a setting across runs and studies (docs
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass, fields
 
 from locas.errors import LocasError
@@ -33,12 +34,13 @@ def _with_options(cls):
     """`cls` as a frozen dataclass with the registered methods' and losses' options as fields of its own."""
     declared: dict = {}
     for owner in _owners():
+        hints = typing.get_type_hints(owner.options) if owner.options else {}  # resolved where they are declared
         for f in fields(owner.options) if owner.options else ():
-            if f.name in cls.__annotations__ or (f.name in declared and declared[f.name] is not f):
+            if f.name in cls.__annotations__ or (f.name in declared and declared[f.name][1] is not f):
                 raise LocasError(f"{owner.__name__} declares option {f.name!r}, which is another's already")
-            declared[f.name] = f
-    for name, f in declared.items():
-        cls.__annotations__[name] = f.type
+            declared[f.name] = (hints[f.name], f)
+    for name, (annotation, f) in declared.items():
+        cls.__annotations__[name] = annotation
         setattr(cls, name, copy.copy(f))
     return dataclass(frozen=True)(cls)
 
