@@ -21,8 +21,8 @@ __all__ = ["AdaptConfig", "ModelSpec", "Settings", "option"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-READ_BY_ALL = ("method", "window_size", "overlap", "max_tokens", "seed")  # the rest: the trained ones'
-READ_WHEN_TRAINED = ("loss", "lr", "steps_per_window")
+READ_BY_ALL = ("method", "window_size", "overlap", "max_tokens", "seed")  # whichever the method
+READ_WHEN_TRAINED = ("loss", "lr", "steps_per_window")  # by a method that trains (with its loss's options)
 
 
 def _owners() -> tuple:
@@ -122,11 +122,11 @@ class AdaptConfig(Settings):
 
     def read_fields(self) -> set[str]:
         """The fields this config's method (and, when it trains, its loss) ever reads."""
-        read = set(READ_BY_ALL)
-        for owner, used in ((self.method_class, True), (self.loss_class, self.method_class.trains)):
-            if used and owner.options is not None:
-                read.update(f.name for f in fields(owner.options))
-        return read | (set(READ_WHEN_TRAINED) if self.method_class.trains else set())
+        trains = self.method_class.trains
+        read = {*READ_BY_ALL, *(READ_WHEN_TRAINED if trains else ())}
+        for owner in (self.method_class, self.loss_class) if trains else (self.method_class,):
+            read.update(f.name for f in (fields(owner.options) if owner.options else ()))
+        return read
 
     def normalized(self, base: "AdaptConfig") -> "AdaptConfig":
         """This config with the settings its method and loss never read taken from `base`, so two settings

@@ -3,6 +3,7 @@ the config, the flags, the checks and the sweeps then know it (docs/design.md)."
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from locas.documents import Document, sliding_windows
 from locas.errors import LocasError
 from locas.methods import make_method
 from locas.objectives import LOSSES, LossOutput, NextToken, register_loss, window_nll
+from locas.settings import Settings, option
 
 
 class HalfNextToken(NextToken):
@@ -53,11 +55,26 @@ def test_a_registered_loss_runs_in_the_loop_with_nothing_else_changed(tiny_model
         assert [w.train_loss for w in b.windows] == pytest.approx([0.5 * w.train_loss for w in a.windows], rel=1e-4)
 
 
-def test_a_loss_name_is_registered_once():
+@dataclass(frozen=True)
+class LateOptions(Settings):
+    late_weight: float = option(1.0, "an option AdaptConfig never gathered")
+
+
+class LateLoss(HalfNextToken):
+    name, description, options = "LATE", "toy: registered after locas.config", LateOptions
+
+
+def test_a_loss_is_registered_once_and_before_the_config_gathers_its_options():
     with pytest.raises(LocasError, match="registered already"):
         register_loss(NextToken)
     with pytest.raises(LocasError, match="unknown loss_function 'HALF'"):
         AdaptConfig(loss="HALF")  # registered only inside the test that uses it
+    register_loss(LateLoss)
+    try:
+        with pytest.raises(LocasError, match="option 'late_weight' is no config field: register it before"):
+            AdaptConfig()
+    finally:
+        LOSSES.pop(LateLoss.name)
 
 
 def test_a_config_reads_its_method_and_loss_options_only():
