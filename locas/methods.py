@@ -6,7 +6,7 @@ and exports a slot's state as a plain model.
 
 The class also carries what the rest of the code knows about the method: its defaults, its own config fields
 (`options`: `locas.config.AdaptConfig` gathers them), what it checks in a model config, its GPU batch. Adding a
-method is one class (here or in a file of its own) and a line in `METHODS` (docs/design.md).
+method is one class here and its entry in the registry line at the bottom (docs/design.md).
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ A loss class carries its name (and aliases), its own config fields (`options`: `
 gathers them), whether it needs a teacher (the frozen base reading text before the window), whether its
 training forward also gives the window's pre-update NLL (then one deterministic step per window scores and
 trains in one forward), how many documents one GPU adapts at once under it, and it computes its loss. The
-math is in `locas.losses`. Adding a loss is one class (here or in a file of its own) and a line in the
-registry (docs/design.md).
+math is in `locas.losses`. Adding a loss is one class here and its entry in the registry line at the
+bottom (docs/design.md).
 """
 from __future__ import annotations
 
