@@ -128,7 +128,7 @@ class AdaptConfig(Settings):
             read.update(f.name for f in (fields(owner.options) if owner.options else ()))
         return read
 
-    def normalized(self, base: "AdaptConfig") -> "AdaptConfig":
+    def normalized(self, base: AdaptConfig) -> AdaptConfig:
         """This config with the settings its method and loss never read taken from `base`, so two settings
         that can only give the same results share one config_id (a sweep runs them once)."""
         read = self.read_fields()
