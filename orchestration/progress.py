@@ -11,7 +11,7 @@ time from when a worker first took a unit (after loading its model: loading is n
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def format_seconds(s: float) -> str:

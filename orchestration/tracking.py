@@ -23,8 +23,8 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from locas.errors import LocasError
 
@@ -113,7 +113,7 @@ class Tracker:
 
     @classmethod
     def start(cls, uri: str | None, store, amount: Callable | None = None, counts: str = "units",
-              parent: str | None = None, name: str | None = None) -> "Tracker | None":
+              parent: str | None = None, name: str | None = None) -> Tracker | None:
         """The MLflow run of the open RunStore `store` (the manifest's, else a new one with the config as params,
         its id then written to the manifest), nested under `parent`'s run id; None without a URI. `amount(rows)`
         is how many `counts` (tokens, questions) a finished unit holds: the running rate."""
@@ -139,7 +139,7 @@ class Tracker:
         return tracker
 
     @classmethod
-    def for_study(cls, uri: str | None, folder: Path, study_file) -> "Tracker | None":
+    def for_study(cls, uri: str | None, folder: Path, study_file) -> Tracker | None:
         """The parent run of the study in `folder`: found by its folder tag (a rerun continues it), else new,
         with the study file as a param and artifact. None without a URI."""
         if not uri:

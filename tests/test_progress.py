@@ -50,8 +50,10 @@ def test_a_run_shows_real_tokens_per_second_and_eta_inside_its_first_unit(ray_lo
             seen.append((unit.unit_id, counts["windows"], self.finished, *self.figures()))
 
     runner = bench.simulated_runner(StepLatency.parse(f"1:{latency}"), 1.0)
-    make = lambda: remote_worker_class(0).remote(ModelSpec(model="none", device="cpu"), {"bench": runner},  # noqa: E731
-                                                 bench.fake_loader)
+
+    def make():
+        return remote_worker_class(0).remote(ModelSpec(model="none", device="cpu"), {"bench": runner}, bench.fake_loader)
+
     store = RunStore(tmp_path / "run").open("bench", {"x": 1}, "r")
     bar = Watched("bench", "units", "tokens", lambda rows: sum(r["windows"] for r in rows) * bench.TOKENS_PER_WINDOW,
                   enabled=False)

@@ -83,7 +83,8 @@ def token_head():
                    env=env, check=True, capture_output=True, timeout=120)
 
     def pids():
-        out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+        out = subprocess.run(["ps", "-eww", "-o", "pid,args"], check=True, capture_output=True,
+                             text=True).stdout.splitlines()
         return [int(line.split()[0]) for line in out[1:] if str(temp) in line]
 
     try:
@@ -108,15 +109,15 @@ def test_a_cluster_that_refuses_the_drivers_token_is_one_line_naming_the_way_in(
              "raise SystemExit(cli_main(lambda argv: start_ray())([]))"
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     base.update(RAY_ADDRESS=token_head, PYTHONPATH=str(ROOT))
-    for extra, says in (({}, "requires token authentication: set RAY_AUTH_MODE=token in this shell, with its "
-                             "token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)"),
+    for extra, says in (({}, ("requires token authentication: set RAY_AUTH_MODE=token in this shell, with its "
+                              "token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)")),
                         ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "wrong"}, "refuses this driver's token")):
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-c", script], env={**base, **extra}, capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run([sys.executable, "-c", script], check=False, env={**base, **extra}, capture_output=True,
+                              text=True, timeout=60)
         assert time.monotonic() - started < 30  # not Ray's minute of retries
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
     probe = "from orchestration.cluster import check_address\ncheck_address(" + repr(token_head) + ", 'RAY_ADDRESS')"
-    right = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+    right = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=60,
                            env={**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "the-cluster-token"})
     assert right.returncode == 0, right.stderr  # the right token passes the check

@@ -40,8 +40,8 @@ def mlflow_server(tmp_path_factory):
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "art")]
-    server = subprocess.Popen(command, cwd=folder, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=open(folder / "server.log", "w"))
+    log = open(folder / "server.log", "w")  # noqa: SIM115 - the server writes it until the session ends
+    server = subprocess.Popen(command, cwd=folder, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     uri = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -61,6 +61,7 @@ def mlflow_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+        log.close()
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def test_a_killed_and_resumed_run_is_one_mlflow_run_with_its_config_and_summary(
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
 
     manifest = read_manifest(out)
