@@ -155,7 +155,6 @@ def execute(plan: Plan, units: list, config: dict, run_id: str):
     """Start or join Ray, get the GPUs, open the store (and its MLflow run), run every unit not yet finished;
     returns (store, scheduler, tracker or None)."""
     from orchestration.cluster import gpus, start_ray
-
     from orchestration.store import RunStore
 
     if not units:
