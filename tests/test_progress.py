@@ -66,3 +66,36 @@ def test_a_run_shows_real_tokens_per_second_and_eta_inside_its_first_unit(ray_lo
     for unit_id, (done, total), finished, rate, eta, _ in settled:
         left = (2 * windows - finished * windows - done) * latency
         assert rate == pytest.approx(truth, rel=0.2) and eta == pytest.approx(left, rel=0.2), (unit_id, done)
+
+
+@pytest.mark.slow
+def test_a_sweeps_console_is_its_bar_and_tables_unless_verbose(ray_local, tiny_path, tmp_path):
+    """Tune's banners, its per-trial warnings and the actors' lines stay off the console; --verbose shows them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from locas.tiny import sample_text
+
+    books = tmp_path / "books"
+    books.mkdir()
+    for i in range(2):
+        (books / f"b{i}.txt").write_text(sample_text(200, seed=i))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    noise = ("Configuration for experiment", "View detailed results", "sample_from", "Checkpoint successfully created",
+             "(run_trial pid=", "Loading weights")
+
+    def console(output, *extra):
+        command = [sys.executable, str(root / "orchestration" / "run_sweep.py"), "--model", str(tiny_path), "--data",
+                   str(books), "--window_size", "64", "--grid", "memory_width=4,8", "--output", str(output),
+                   "--tune_storage", str(output / "tune"), *extra]  # a storage: it joins the session's Ray
+        done = subprocess.run(command, check=False, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    quiet = console(tmp_path / "quiet")
+    assert "best: trial" in quiet and not [line for line in noise if line in quiet]
+    verbose = console(tmp_path / "verbose", "--verbose")
+    assert "Checkpoint successfully created" in verbose and "(run_trial pid=" in verbose
