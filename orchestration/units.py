@@ -42,5 +42,7 @@ class Unit:
 
 
 def row_keys(unit: Unit) -> dict:
-    """What every row of a unit carries to name it."""
-    return {"unit_id": unit.unit_id, "task": unit.task, "config_id": unit.config_id, "method": unit.method}
+    """What every row of a unit carries to name it, and the batch it ran in: `batch_size`, at most this many
+    units adapted at once per actor (costs are compared only at equal batch sizes, docs/protocols.md)."""
+    return {"unit_id": unit.unit_id, "task": unit.task, "config_id": unit.config_id, "method": unit.method,
+            "batch_size": unit.batch}
