@@ -18,7 +18,9 @@ multiple of 50,000 inside them (`cuts`), so every figure below counts exactly th
 - A book that stopped with an error is left out of every pooled figure and delta, and counted (`stopped`).
   A window without an NLL in a book that did not stop makes its book count as stopped too, with a warning.
 - Comparisons (deltas, relative cost) pair runs on the same model, dtype, data, split, max_tokens and
-  windows only; per book they also need the identical window grid.
+  windows only, and only the units both finished; per book they also need the identical window grid. A
+  cost ratio needs equal batch sizes. No interval under MIN_UNITS resampled units (books, conversations,
+  questions).
 """
 
 from analysis.tables.answers import (
@@ -31,15 +33,16 @@ from analysis.tables.answers import (
                                      mmlu_table,
 )
 from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS, pooled_ppl
-from analysis.tables.comparisons import (
-                                     answer_deltas,
-                                     book_deltas,
-                                     cost_table,
-                                     delta_table,
+from analysis.tables.comparisons import answer_deltas, book_deltas, delta_table, retention_deltas
+from analysis.tables.cost import batch_sizes, cost_table
+from analysis.tables.intervals import (
+                                     MIN_UNITS,
+                                     cluster_mean_bootstrap,
                                      paired_bootstrap,
                                      paired_mean_bootstrap,
-                                     retention_deltas,
+                                     too_few,
 )
+from analysis.tables.outcomes import failed_questions, left_out, outcome_counts, unit_outcomes
 from analysis.tables.pg19 import (
                                      book_ppl,
                                      book_tokens,
@@ -52,8 +55,9 @@ from analysis.tables.pg19 import (
 )
 from analysis.tables.sweeps import best_trial, sweep_config_columns, sweep_table
 
-__all__ = ["ADVERSARIAL_REPORT", "BOOK", "BUCKET_WIDTH", "CATEGORIES", "PPL_AT", "SETTINGS", "answer_deltas",
-           "best_trial", "paired_mean_bootstrap", "retention_deltas",
+__all__ = ["ADVERSARIAL_REPORT", "BOOK", "BUCKET_WIDTH", "CATEGORIES", "MIN_UNITS", "PPL_AT", "SETTINGS",
+           "answer_deltas", "batch_sizes", "best_trial", "cluster_mean_bootstrap", "failed_questions", "left_out",
+           "outcome_counts", "paired_mean_bootstrap", "retention_deltas", "too_few", "unit_outcomes",
            "book_deltas", "book_ppl", "book_tokens", "completed", "cost_table", "delta_table", "locomo_long",
            "locomo_summary", "locomo_table", "mmlu_summary", "mmlu_table", "paired_bootstrap", "pg19_summary",
            "pg19_table", "pg19_view", "pooled_ppl", "segments", "stopped_books", "sweep_config_columns",
