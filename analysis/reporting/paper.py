@@ -45,13 +45,13 @@ def run_setting(manifest: dict, method=None) -> dict:
 
 
 def short_model(model) -> str:
-    """A model's last path part (a local copy of Qwen3-1.7B-Base is named like the hub id's)."""
-    return str(model).rstrip("/").rsplit("/", 1)[-1] if model else "not recorded"
+    """A model as rows name it: a hub id, or a local folder's last two path parts."""
+    return "/".join(str(model).rstrip("/").split("/")[-2:]) if model else "not recorded"
 
 
 def _same(part: str, ours, theirs) -> bool:
-    if part == "model":
-        return ours is not None and short_model(ours) == short_model(theirs)
+    if part == "model":  # a local copy of Qwen3-1.7B-Base is named like the hub id's last part
+        return ours is not None and str(ours).rstrip("/").split("/")[-1] == str(theirs).split("/")[-1]
     return ours == theirs
 
 
@@ -75,8 +75,7 @@ def differences(ours: dict, theirs: dict) -> list[str]:
     for part, value in theirs.items():
         if not _same(part, ours.get(part), value):
             mine = short_model(ours.get(part)) if part == "model" else ours.get(part)
-            out.append(f"{part} {mine if mine is not None else 'not recorded'} ≠ "
-                       f"{short_model(value) if part == 'model' else value}")
+            out.append(f"{part} {mine if mine is not None else 'not recorded'} ≠ {value}")
     return out
 
 

@@ -25,8 +25,9 @@ def pg19_results(runs: Runs) -> pd.DataFrame:
     the paper's setting."""
     if not len(runs.windows) and not len(tables.unit_outcomes(runs, "pg19")):
         return pd.DataFrame()
-    view = tables.pg19_view(tables.pg19_table(runs), "ppl_reaching") if len(runs.windows) else pd.DataFrame(columns=KEYS)
-    table = tables.pg19_table(runs)[KEYS + ["ppl"]] if len(runs.windows) else pd.DataFrame(columns=KEYS + ["ppl"])
+    table = tables.pg19_table(runs) if len(runs.windows) else pd.DataFrame(columns=KEYS + ["ppl"])
+    view = tables.pg19_view(table, "ppl_reaching") if len(runs.windows) else pd.DataFrame(columns=KEYS)
+    table = table[KEYS + ["ppl"]]
     out = _counts(runs).merge(tables.batch_sizes(runs.books), on=KEYS, how="left")
     out = out.merge(view, on=KEYS, how="left").merge(table.rename(columns={"ppl": "PPL (whole books)"}), on=KEYS,
                                                      how="left")
