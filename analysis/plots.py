@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.load import KEYS
+from analysis.reporting.paper import short_model
 from analysis.tables import (ADVERSARIAL_REPORT, BOOK, BUCKET_WIDTH, CATEGORIES, MIN_UNITS, book_tokens, completed,
                              locomo_long, segments, sweep_table)
 from analysis.tables.common import pg19_frames, with_keys
@@ -41,8 +42,7 @@ def _labels(frame: pd.DataFrame) -> pd.Series:
     label = frame["method"].astype(str)
     many = frame["method"].map(several).fillna(1) > 1
     label[many] = label[many] + " (" + frame.loc[many, "run"].astype(str) + ", " + frame.loc[many, "config_id"].astype(str) + ")"
-    models = frame["cfg_model_model"].astype(str).str.rstrip("/").str.rsplit("/", n=1).str[-1] \
-        if "cfg_model_model" in frame else None
+    models = frame["cfg_model_model"].map(short_model) if "cfg_model_model" in frame else None
     if models is not None and models.nunique() > 1:  # several models: each line names its own
         label = label + ", " + models
     return label
@@ -54,9 +54,9 @@ def _legend(axes) -> None:
 
 
 def _models(frame: pd.DataFrame) -> str:
-    """The runs' models, by their last path part, for a plot's title."""
-    models = frame["cfg_model_model"].dropna().astype(str) if "cfg_model_model" in frame else pd.Series(dtype=str)
-    names = sorted({m.rstrip("/").rsplit("/", 1)[-1] for m in models})
+    """The runs' models, named as the report's rows name them, for a plot's title."""
+    models = frame["cfg_model_model"].dropna() if "cfg_model_model" in frame else pd.Series(dtype=str)
+    names = sorted({short_model(m) for m in models})
     return ", ".join(names) if names else "model not recorded"
 
 
@@ -134,7 +134,9 @@ def plot_locomo_f1(data, *, path=None) -> Figure:
     for i, label in enumerate(labels):
         values = long[long["_label"] == label].set_index("name")["f1"].reindex(names)
         n = f"n={sizes.loc[label, 'q']} questions, {sizes.loc[label, 'c']} conversations"
-        axes.bar(np.arange(len(names)) + (i - (len(labels) - 1) / 2) * step, values, width=step, label=f"{label} ({n})")
+        bars = axes.bar(np.arange(len(names)) + (i - (len(labels) - 1) / 2) * step, values, width=step,
+                        label=f"{label} ({n})")
+        axes.bar_label(bars, fmt="%.1f", fontsize=7)  # a zero shows as 0.0, not as a missing bar
     axes.set_xticks(np.arange(len(names)), names, rotation=15)
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_ylabel("F1 × 100")

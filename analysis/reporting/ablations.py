@@ -60,17 +60,22 @@ def ablations(runs: Runs) -> pd.DataFrame:
     results = pg19_results(both)
     results = results[results["run"].isin(trials)]
     deltas = pg19_differences(both)
-    whole = (deltas[deltas["range"] == "book"][KEYS + ["baseline", "n (books)", "left out", "delta", LEVEL]]
-             .rename(columns={"delta": "Δ PPL (whole books)"}) if len(deltas) else pd.DataFrame(columns=KEYS))
+    compared = KEYS + ["baseline", "n (books)", "left out", "delta", LEVEL]
+    whole = (deltas[deltas["range"] == "book"][compared] if len(deltas) else pd.DataFrame(columns=compared))
+    whole = whole.rename(columns={"delta": "Δ PPL (whole books)"})
     cost = pg19_cost(both)[KEYS + ["GPU-s/1K tokens"]] if len(both.books) else pd.DataFrame(columns=KEYS)
     shown = [c for c in ["model", "window", "width", "batch", *RESULT] if c in results.columns]
     out = results[KEYS + shown].merge(_varied(runs), on="run", how="left")
     out = out.merge(whole, on=KEYS, how="left").merge(cost, on=KEYS, how="left")
     out = out[["run", "method", "setting", *[c for c in out.columns if c not in ("run", "method", "setting",
                                                                                    "config_id")]]]
-    if "baseline" in out:
-        out["baseline"] = out["baseline"].fillna("no comparable frozen run")
+    lonely = out["baseline"].isna()
+    out["baseline"] = out["baseline"].fillna("none comparable")
+    out[LEVEL] = out[LEVEL].where(~lonely, "missing: no baseline")
     notes = [n for n in deltas.attrs.get("notes", []) if n.split(" ")[0] in trials] if len(deltas) else []
+    if lonely.any():
+        notes.append(f"{int(lonely.sum())} trial(s) have no frozen run of the study with the same model, dtype, data, "
+                     "split, max_tokens and windows to compare with: no difference is given for them.")
     return with_notes(out.rename(columns={"200K": "PPL@200K", "n@200K": "n@200K (books)"}), notes)
 
 
