@@ -11,6 +11,8 @@ from report_study import FAILED, LENGTHS, PG19, STOPPED, build_study, pooled
 from analysis import report, tables
 from analysis.load import load_runs
 
+SLOW = pytest.mark.slow  # the study is written with the run store and every table built: seconds each
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
@@ -29,6 +31,7 @@ def rows_of(root, run, kind):
     return pd.DataFrame([r for r in map(json.loads, lines) if r["kind"] == kind])
 
 
+@SLOW
 def test_a_paper_figure_stands_only_beside_a_run_of_its_setting(study, markdown):
     root, runs = study
     results = report.pg19_results(runs).set_index("run")
@@ -56,6 +59,7 @@ def test_a_paper_figure_stands_only_beside_a_run_of_its_setting(study, markdown)
     assert "the paper does not say whether PPL@200K pools the tokens of the books that reach 200K" in markdown
 
 
+@SLOW
 def test_stopped_and_failed_units_are_counted_named_first_and_left_out_of_comparisons(study, markdown):
     root, runs = study
     first = "\n".join(markdown.splitlines()[:8])
@@ -84,6 +88,7 @@ def test_stopped_and_failed_units_are_counted_named_first_and_left_out_of_compar
     assert any("1 question(s) not answered by both" in n for n in locomo.attrs["notes"])
 
 
+@SLOW
 def test_the_delta_at_each_depth_uses_the_headlines_books_and_rule(study):
     root, runs = study
     deltas = report.pg19_differences(runs)
@@ -112,6 +117,7 @@ def test_the_delta_at_each_depth_uses_the_headlines_books_and_rule(study):
         assert locas.loc[depth, "95% interval"] == f"missing: no paired book reaches {depth[4:]}"
 
 
+@SLOW
 def test_a_cost_ratio_only_between_runs_at_the_same_batch_size(study):
     root, runs = study
     cost = report.pg19_cost(runs).set_index("run")
@@ -132,13 +138,17 @@ def test_a_cost_ratio_only_between_runs_at_the_same_batch_size(study):
     assert cost.loc["pg19-paper-locas", "time_vs_none"] == pytest.approx(PG19["pg19-paper-locas"][3] / 1.0)
 
 
+@SLOW
 def test_intervals_resample_conversations_and_questions_with_n_beside_them(study):
     root, runs = study
     locomo = report.locomo_differences(runs).set_index("category")
     assert locomo.loc["temporal", "n (conversations)"] == 6 and locomo.loc["single-hop", "n (conversations)"] == 5
     mmlu = report.mmlu_differences(runs).set_index("variant")
     assert mmlu.loc["memory", "n (questions)"] == 12 and mmlu.loc["memory", "answers"] == 24
-    # the cluster bootstrap against a plain loop over resampled clusters (same draws)
+
+
+def test_the_cluster_bootstrap_draws_whole_clusters():
+    """Against a plain loop over the same draws of clusters; no interval under MIN_UNITS clusters."""
     values = np.array([1.0, 1.0, 0.0, 3.0, 3.0, 3.0, -1.0, 2.0, 2.0])
     clusters = np.array(["a", "a", "b", "c", "c", "c", "d", "e", "e"])
     mean, low, high, n = tables.cluster_mean_bootstrap(values, clusters, n_boot=300, seed=4)
@@ -148,8 +158,11 @@ def test_intervals_resample_conversations_and_questions_with_n_beside_them(study
     assert (mean, n) == (pytest.approx(values.mean()), 5)
     assert (low, high) == (pytest.approx(np.quantile(draws, 0.025)), pytest.approx(np.quantile(draws, 0.975)))
     assert np.isnan(tables.cluster_mean_bootstrap(values[:5], clusters[:5])[1])  # 3 clusters: no interval
+    single = tables.paired_mean_bootstrap(values, n_boot=300, seed=4)  # each item its own cluster
+    assert single[0] == pytest.approx(values.mean()) and single[1] < single[2]
 
 
+@SLOW
 def test_ablations_use_the_pg19_rules_and_names(study):
     root, runs = study
     table = report.ablations(runs).set_index("run")
