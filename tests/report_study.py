@@ -61,18 +61,22 @@ def write_pg19(root, name):
         out.append(f"pg19:{book}:{cid}", [{**r, "unit_id": f"pg19:{book}:{cid}", **stamp} for r in rows])
 
 
+LOCOMO = {"locomo-none": ("none", "l0", 4096, None, TINY), "locomo-locas": ("locas", "l1", 4096, 16, TINY),
+          "locomo-paper-locas": ("locas", "l2", 2048, 64, PAPER_MODEL)}
+
+
 def write_locomo(root):
     """Six conversations of 4 questions; locas loses one question to an error."""
-    for i, method in enumerate(("none", "locas")):
-        cid = f"l{i}"
-        out = store(root / f"locomo-{method}", "locomo", config("locomo", method, 4096, 16 if i else None, TINY,
-                                                             context_mode="date_split", answer_context="full"), cid)
+    for name, (method, cid, window, width, model) in LOCOMO.items():
+        i = int(method == "locas")
+        out = store(root / name, "locomo", config("locomo", method, window, width, model, context_mode="date_split",
+                                                  answer_context="full"), cid)
         for c in range(6):
             scores = [(1 + q % 4, min(1.0, 0.2 + 0.1 * c + 0.15 * i * (q % 2)), None) for q in range(4)]
             rows = [{**r, "conversation_id": f"conv-{c}", "question_id": f"conv-{c}:q{q}", "unit_id": f"locomo:conv-{c}:{cid}"}
                     for q, r in enumerate(qa_rows(method, cid, scores))]
             rows.append({**rows[0], "kind": "conversation", "tokens": 900, "windows": 1, "seconds": 1.0})
-            if method == "locas" and c == 2:
+            if name == "locomo-locas" and c == 2:
                 rows[3] = {"kind": "error", "task": "locomo", "config_id": cid, "method": method, "unit_id": rows[3]["unit_id"],
                            "conversation_id": f"conv-{c}", "question_id": f"conv-{c}:q3", "error": "prompt too long"}
             out.append(f"locomo:conv-{c}:{cid}", rows)

@@ -51,9 +51,12 @@ def test_a_paper_figure_stands_only_beside_a_run_of_its_setting(study, markdown)
     mmlu = report.mmlu_results(runs).iloc[0]
     assert mmlu["paper base_micro"] == "" and mmlu["paper memory_micro"] == ""  # not on every MMLU row
     assert "paper base_micro: model models/tinylm-pg19 ≠ Qwen/Qwen3-1.7B-Base" in mmlu["paper setting"]
-    locomo = report.locomo_results(runs)
-    assert list(locomo["source"]) == ["this study", "this study"]  # no paper row beside the tiny model
-    for table in (results, cost, mmlu.to_frame().T, locomo, report.pg19_differences(runs),
+    locomo = report.locomo_results(runs).set_index(["run", "source"])
+    assert ("locomo-locas", "this study") in locomo.index and len(locomo.loc["locomo-locas"]) == 1  # no paper row
+    paper_row = locomo.loc[("locomo-paper-locas", "paper: + Locas")]  # beside the run of its setting
+    assert paper_row["single-hop"] == 41.6 and paper_row["model"] == "Qwen/Qwen3-1.7B-Base"
+    assert locomo.loc[("locomo-paper-locas", "this study"), "paper setting"] == "same as + Locas"
+    for table in (results, cost, mmlu.to_frame().T, locomo.reset_index(), report.pg19_differences(runs),
                   report.locomo_differences(runs), report.mmlu_differences(runs), report.ablations(runs)):
         assert {"model", "window", "width"} <= set(table.columns)
     assert "the paper does not say whether PPL@200K pools the tokens of the books that reach 200K" in markdown
@@ -74,8 +77,8 @@ def test_stopped_and_failed_units_are_counted_named_first_and_left_out_of_compar
         assert {"stopped", "failed"} <= set(table.columns) or {"failed", "failed questions"} <= set(table.columns)
     deltas = report.pg19_differences(runs)
     book = deltas[deltas["range"] == "book"].set_index("run")
-    assert book.loc["pg19-locas", "n (books)"] == 5 and book.loc["pg19-locas", "left out"] == 1
-    assert book.loc["pg19-lora", "n (books)"] == 5 and book.loc["pg19-lora", "left out"] == 1
+    assert book.loc["pg19-locas", "n (books)"] == 5 and book.loc["pg19-locas", "left out (whole run)"] == 1
+    assert book.loc["pg19-lora", "n (books)"] == 5 and book.loc["pg19-lora", "left out (whole run)"] == 1
     notes = deltas.attrs["notes"]
     assert any("book b5: stopped in pg19-locas (non-finite loss" in n for n in notes)
     assert any("book b4: failed in pg19-lora (CUDA out of memory)" in n for n in notes)
@@ -86,6 +89,7 @@ def test_stopped_and_failed_units_are_counted_named_first_and_left_out_of_compar
     assert book.loc["pg19-locas", "delta"] == pytest.approx(expected, rel=1e-12)
     locomo = report.locomo_differences(runs)
     assert any("1 question(s) not answered by both" in n for n in locomo.attrs["notes"])
+    assert "locomo-paper-locas: no none run of the same model" in " ".join(locomo.attrs["notes"])  # not silently absent
 
 
 @SLOW

@@ -60,7 +60,7 @@ def ablations(runs: Runs) -> pd.DataFrame:
     results = pg19_results(both)
     results = results[results["run"].isin(trials)]
     deltas = pg19_differences(both)
-    compared = KEYS + ["baseline", "n (books)", "left out", "delta", LEVEL]
+    compared = KEYS + ["baseline", "n (books)", "left out (whole run)", "delta", LEVEL]
     whole = (deltas[deltas["range"] == "book"][compared] if len(deltas) else pd.DataFrame(columns=compared))
     whole = whole.rename(columns={"delta": "Δ PPL (whole books)"})
     cost = pg19_cost(both)[KEYS + ["GPU-s/1K tokens"]] if len(both.books) else pd.DataFrame(columns=KEYS)

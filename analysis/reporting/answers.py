@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis import tables
 from analysis.load import KEYS, Runs
-from analysis.reporting.common import LEVEL, interval_text, with_notes
+from analysis.reporting.common import LEVEL, interval_text, with_notes, without_baseline
 from analysis.reporting.paper import definitions, figure_entry, paper_columns, run_setting, with_setting
 from analysis.tables.common import with_keys
 
@@ -32,9 +32,11 @@ def locomo_results(runs: Runs) -> pd.DataFrame:
     for _, row in ours.iterrows():
         rows.append({"source": "this study", **row.to_dict()})
         setting = run_setting(runs.manifests.get(row["run"]), row["method"])
-        entry, _ = figure_entry("locomo", "single-hop", setting["method"])
+        entry, theirs = figure_entry("locomo", "single-hop", setting["method"])
         if entry and str(row["paper setting"]).startswith("same as"):
             rows.append({"source": f"paper: {entry['label']}", "run": row["run"], "method": row["method"],
+                         "model": theirs.get("model"), "window": theirs.get("window", "-"),
+                         "width": theirs.get("width", "-"),
                          **{k: v for k, v in entry.items() if k in CATEGORY_COLUMNS}})
     return pd.DataFrame(rows).fillna({"paper setting": ""})
 
@@ -70,6 +72,7 @@ def locomo_differences(runs: Runs) -> pd.DataFrame:
         why = _left_questions(runs, tuple(key[:3]), key[3], mine & base)
         if why:
             notes.append(f"{key[0]} against {key[3]}: left out: {why}")
+    notes += without_baseline(qa, deltas)
     out = deltas[KEYS + ["baseline_run", "category", "questions", "conversations", "delta", LEVEL]]
     return with_notes(with_setting(out.rename(columns={"baseline_run": "baseline", "conversations": "n (conversations)"}),
                                    runs), notes)

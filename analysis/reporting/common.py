@@ -40,3 +40,10 @@ def with_notes(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
 
 def notes_of(frame: pd.DataFrame) -> list[str]:
     return list(frame.attrs.get("notes", []))
+
+
+def without_baseline(groups: pd.DataFrame, compared: pd.DataFrame, baseline: str = "none") -> list[str]:
+    """A note per run of another method than `baseline` that no comparison covers (none of its settings)."""
+    lonely = sorted(set(groups.loc[groups["method"] != baseline, "run"]) - set(compared["run"]))
+    return [f"{run}: no {baseline} run of the same model, dtype, data, split, max_tokens and windows to compare "
+            "with; no difference is given" for run in lonely]

@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis import tables
 from analysis.load import KEYS, Runs
-from analysis.reporting.common import LEVEL, MISSING, interval_text, with_notes
+from analysis.reporting.common import LEVEL, MISSING, interval_text, with_notes, without_baseline
 from analysis.reporting.paper import definitions, paper_columns, with_setting
 
 HEADLINE_N = 200_000
@@ -53,20 +53,22 @@ def _left_out(runs: Runs) -> dict[tuple, tuple[int, str]]:
 def pg19_differences(runs: Runs) -> pd.DataFrame:
     """Each method against the frozen baseline on the books both finished: PPL@N over those reaching N (the
     headline's rule) and the whole book, the pooled difference with its paired bootstrap interval over books
-    (`n` books); `left out`: the books one of the two did not finish (named under the table)."""
+    (`n` books); `left out (whole run)`: the books one of the two did not finish, whatever their length (named
+    under the table)."""
     if not len(runs.windows):
         return pd.DataFrame()
     deltas = tables.delta_table(runs, baseline=BASELINE, reaching_only=True, n_boot=2000, seed=0)
     if not len(deltas):
         return pd.DataFrame()
     left = _left_out(runs)
-    deltas["left out"] = [left.get(tuple(k), (0, ""))[0] for k in deltas[KEYS].itertuples(index=False)]
+    deltas["left out (whole run)"] = [left.get(tuple(k), (0, ""))[0] for k in deltas[KEYS].itertuples(index=False)]
     deltas[LEVEL] = [interval_text(lo, hi, n, "books") if n or r == "book" else f"{MISSING}: no paired book reaches "
                      f"{r.removeprefix('PPL@')}" for lo, hi, n, r in zip(deltas["ci_low"], deltas["ci_high"],
                                                                          deltas["books"], deltas["range"])]
-    out = deltas[KEYS + ["baseline_run", "range", "books", "left out", "ppl_base", "ppl", "delta", LEVEL]]
+    out = deltas[KEYS + ["baseline_run", "range", "books", "left out (whole run)", "ppl_base", "ppl", "delta", LEVEL]]
     out = with_setting(out.rename(columns={"baseline_run": "baseline", "books": "n (books)"}), runs)
     notes = [f"{key[0]} against its baseline: {n} book(s) left out: {why}" for key, (n, why) in left.items() if n]
+    notes += without_baseline(tables.unit_outcomes(runs, "pg19"), deltas, BASELINE)
     return with_notes(out, notes)
 
 
