@@ -6,8 +6,9 @@
     runs.windows, runs.books, runs.conversations, runs.qa, runs.mmlu, runs.errors, runs.trials
 
 Only the rows of ledgered units are read, by the same reader the run store resumes with
-(`analysis.rows`). Every frame is keyed by `run` (the folder's name), `method` and `config_id`, and
-carries the run's manifest config flattened into `cfg_*` columns. pandas only: no torch, no ray.
+(`locas.run_folder`). Every frame is keyed by `run` (the folder's name), `method` and `config_id`, and
+carries the run's manifest config flattened into `cfg_*` columns. pandas and the standard-library contract
+(`locas.contract`, `locas.run_folder`) only: no torch, no ray.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from analysis.rows import MANIFEST, ROWS, SUMMARY, iter_rows, read_json, read_manifest
-
-KEYS = ["run", "method", "config_id"]
-TRIALS = "trials.csv"
+from locas.contract import ERROR, ERROR_FIELDS, KEYS
+from locas.run_folder import MANIFEST, ROWS, SUMMARY, TRIALS, iter_rows, read_json, read_manifest
 
 # kind -> the frame it goes to and the columns it always has (beyond the keys), in design.md order.
 KINDS = {
@@ -35,7 +34,7 @@ KINDS = {
     "qa": ("qa", ["conversation_id", "question_id", "category", "question", "gold", "prediction", "f1",
                   "f1_adversarial_report", "seconds"]),
     "mmlu": ("mmlu", ["book_id", "variant", "subject", "question_id", "answer", "prediction", "correct"]),
-    "error": ("errors", ["task", "unit_id", "error", "attempts", "traceback"]),
+    ERROR: ("errors", ERROR_FIELDS),
 }
 FRAMES = [frame for frame, _ in KINDS.values()]
 TRIAL_RESULTS = ["ppl", "books_done", "seconds", "status", "loads"]

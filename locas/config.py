@@ -7,11 +7,10 @@ id: an adaptation config's `config_id` names a setting across runs and studies (
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field, fields
 
+from locas.contract import content_id
 from locas.errors import LocasError
 
 LOSSES = ("NTP", "SD", "MIX", "GRPO")
@@ -72,8 +71,7 @@ class Settings:
 
     @property
     def config_id(self) -> str:
-        text = json.dumps({"type": type(self).__name__, **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return content_id({"type": type(self).__name__, **self.to_dict()})
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.rows import StoreError, read_ledger
 from locas.config import AdaptConfig, ModelSpec, Settings, option
 from locas.errors import LocasError
+from locas.run_folder import StoreError, read_ledger
 from orchestration.flags import add_flags, from_flags
 from orchestration.tasks import TASKS, Task, resolved, run_config
 

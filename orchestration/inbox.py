@@ -12,7 +12,7 @@ import threading
 from collections import deque
 
 from locas.documents import Source
-from orchestration.units import Unit
+from locas.contract import Unit
 
 DECISION_WAIT = 1.0
 

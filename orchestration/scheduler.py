@@ -13,8 +13,8 @@
   longest units alone or in small batches and fills large batches with short ones; without one every actor
   holds up to a unit's `batch` units (1 for tasks that do not batch). An actor only batches units of one
   model, task and config; it prefers units of the model it has loaded.
-- A unit that raises inside the worker comes back as an error row (made by the worker); its ledger status
-  is "failed" and the rest go on.
+- A unit that raises inside the worker comes back as an error row (made by the worker); a unit with a failed
+  row is ledgered "failed" (`locas.contract.unit_status`) and the rest go on.
 - An actor that dies (process crash, OOM, node loss) is killed for good and replaced via `make_worker()`. The
   units it held are charged an attempt and retried alone (so an innocent unit that shared the batch with the
   culprit gets a clean attempt), at most `max_attempts` attempts in all, then a failure row.
@@ -28,11 +28,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from locas.errors import LocasError, error_row, one_line
+from locas.errors import LocasError, one_line
 from orchestration.policy import DeadlineAdmission, Placed, StepLatency
 from orchestration.progress import Progress
 from orchestration.store import RunStore
-from orchestration.units import Unit, row_keys
+from locas.contract import FAILED, Unit, unit_error_rows, unit_status
 
 BATCHES_MEASURED = (1, 2, 4, 8)
 
@@ -171,9 +171,8 @@ class Scheduler:
         try:
             store.append(unit.unit_id, rows, status)
         except LocasError as e:  # rows that are not JSON-able: keep the run going with an error row
-            status = "failed"
-            where = {"node": rows[0].get("node"), "device": rows[0].get("device")} if rows else {}
-            rows = [{**error_row(e, item_id=unit.item_id), "attempts": attempt, **row_keys(unit), **where}]
+            status = FAILED
+            rows = unit_error_rows(unit, e, attempt, rows[0] if rows else {})
             store.append(unit.unit_id, rows, status)
         self.counts["done" if status == "done" else "failed"] += 1
         self.remaining -= 1
@@ -189,8 +188,7 @@ class Scheduler:
             raise RuntimeError(f"worker returned unit {unit_id!r} it was not given")
         if rows:
             self.workers.add((rows[0].get("node"), rows[0].get("device")))
-        status = "failed" if any(r.get("kind") == "error" for r in rows) else "done"
-        self._record(job.unit, rows, status, job.attempt)
+        self._record(job.unit, rows, unit_status(rows), job.attempt)
         self._admit(answering=actor)
 
     # ---- deaths -----------------------------------------------------------------------------------------
@@ -202,9 +200,7 @@ class Scheduler:
         for job in actor.jobs.values():
             if job.attempt >= self.max_attempts:
                 why = f"worker died on all {job.attempt} attempts; last: {one_line(err, 300)}"
-                row = {**error_row(why, item_id=job.unit.item_id), "attempts": job.attempt,
-                       **row_keys(job.unit), "node": None, "device": None}
-                self._record(job.unit, [row], "failed", job.attempt)
+                self._record(job.unit, unit_error_rows(job.unit, why, job.attempt, {}), FAILED, job.attempt)
             else:
                 self.counts["requeued"] += 1
                 self._push(dataclasses.replace(job, attempt=job.attempt + 1, solo=True))

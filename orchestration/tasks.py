@@ -6,17 +6,15 @@ Adding a task means a data loader (`locas/data/`), a task function (`locas/tasks
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from locas.config import AdaptConfig, ModelSpec, Settings, option
+from locas.contract import Unit, content_id, unit_id
 from locas.documents import Source
 from locas.errors import LocasError
-from orchestration.units import Unit
 
 Rows = list[dict]
 Runner = Callable[[object, Source, int, object], Iterator[tuple[str, Rows]]]  # (model, units, slots, progress)
@@ -98,8 +96,7 @@ def run_config(task: str, spec: ModelSpec, cfg: AdaptConfig, options: Settings) 
         from locas.data.pg19 import TEXT_NORMALIZATION
 
         config["text"] = TEXT_NORMALIZATION
-    run_id = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return config, run_id
+    return config, content_id(config)
 
 
 CHARS_PER_TOKEN = 4.3
@@ -109,7 +106,7 @@ CHARS_PER_TOKEN = 4.3
 def make_unit(task: str, item_id: str, size: int, cfg: AdaptConfig, run_id: str, item, **options) -> Unit:
     """`size` in characters; the unit's estimated window steps follow from it."""
     steps = math.ceil(size / CHARS_PER_TOKEN / (cfg.window_size - cfg.overlap))
-    return Unit(unit_id=f"{task}:{item_id}:{run_id}", task=task, item_id=str(item_id), size=int(size),
+    return Unit(unit_id=unit_id(task, item_id, run_id), task=task, item_id=str(item_id), size=int(size),
                 payload={"item": item, "adapt": cfg.to_dict(), "options": options}, config_id=cfg.config_id,
                 method=cfg.method, run_id=run_id, steps=max(1, steps))
 

@@ -28,9 +28,9 @@ from typing import Callable, Iterator
 
 from locas.config import ModelSpec
 from locas.documents import Source
-from locas.errors import LocasError, error_row
+from locas.errors import LocasError
 from orchestration.inbox import Inbox
-from orchestration.units import Unit, row_keys
+from locas.contract import Unit, row_keys, unit_error_rows
 
 
 def _release_device_memory() -> None:
@@ -144,10 +144,10 @@ class Worker:
                 rows = [dict(r) for r in rows]
             except Exception as e:  # noqa: BLE001 - a runner that returned something else than dicts
                 error, trace = e, "".join(traceback.format_exception(e))
+        where = {"node": self.node, "device": self.device}
         if error is not None:
-            rows = [{**error_row(error, item_id=unit.item_id), "attempts": self.attempts.get(unit.unit_id, 1),
-                     "traceback": trace}]
-        keys = {**row_keys(unit), "node": self.node, "device": self.device}
+            return unit_error_rows(unit, error, self.attempts.get(unit.unit_id, 1), where, trace)
+        keys = {**row_keys(unit), **where}
         return [{**row, **keys} for row in rows]
 
     def _run_group(self, units: Source) -> Iterator[tuple[str, list[dict]]]:

@@ -285,7 +285,7 @@ def test_window_rows_keep_their_nll_split_at_every_50k(tiny_model, tokenizer, mo
     """The cut a window carries is the sum of its tokens' NLL before the cut (here every 50 positions)."""
     import locas.tasks.pg19 as pg19_task
 
-    monkeypatch.setattr(pg19_task, "CUT_EVERY", 50)
+    monkeypatch.setattr(pg19_task, "BUCKET_WIDTH", 50)
     c = cfg(method="none")
     doc = book_document(tokenizer, book(words=150), c)
     rows = run_pg19_book(tiny_model, tokenizer, book(words=150), c)[:-1]

@@ -8,7 +8,7 @@ import pytest
 
 from analysis import plots, tables
 from analysis.load import load_run, load_runs
-from analysis.rows import StoreError
+from locas.run_folder import StoreError
 
 # --- a small run store, written exactly as docs/design.md says -----------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import PG19_BOOKS, ledger_lines, require, wait_for
 
 from analysis.load import load_run
-from analysis.rows import read_manifest, read_rows
+from locas.run_folder import read_manifest, read_rows
 from analysis.tables import pg19_table
 from locas.tiny import sample_text
 from orchestration import run_pg19

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from analysis.rows import StoreError, read_ledger, read_manifest, read_rows
+from locas.run_folder import StoreError, read_ledger, read_manifest, read_rows
 from locas.errors import LocasError
 from orchestration.store import RunStore
 

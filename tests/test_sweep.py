@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.rows import read_ledger, read_rows
+from locas.run_folder import read_ledger, read_rows
 from locas.config import AdaptConfig, ModelSpec
 from locas.data.pg19 import refuse_test_books as refuse_test_split
 from locas.errors import LocasError

@@ -5,7 +5,7 @@ import pytest
 
 from locas.config import ModelSpec
 from locas.errors import LocasError
-from orchestration.units import Unit
+from locas.contract import Unit
 from orchestration.worker import Worker, remote_worker_class
 
 SPEC = ModelSpec(model="fake-model", device="cpu")

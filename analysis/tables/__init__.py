@@ -5,8 +5,9 @@ Every function takes what `analysis.load.load_runs` returns (`tables.pg19_table(
 themselves. Groups are `by = ["run", "method", "config_id"]` unless told otherwise.
 
 PG-19. A window row scores positions [start, start + scored_tokens) and keeps its NLL sum split at every
-multiple of 50,000 inside them (`cuts`), so every figure below counts exactly the tokens it names:
-- PPL@N = exp(Σ NLL / Σ scored tokens) over the scored tokens among each book's first N tokens, pooled
+multiple of 50,000 inside them (`cuts`, `locas.contract.BUCKET_WIDTH`), so every figure below counts exactly
+the tokens it names:
+- PPL@N = exp(Σ NLL / Σ scored tokens) (`locas.contract.ppl`) over the scored tokens among each book's first N tokens, pooled
   over the books (token-weighted). `ppl@N` pools every book (a shorter book gives all its tokens);
   `ppl@N_reaching` only the books with at least N tokens (`reach@N` of them): every position up to N then
   counts the same books. The paper-style headline is `ppl@N_reaching`. `mean_book_ppl@N` is the plain mean
@@ -30,7 +31,7 @@ from analysis.tables.answers import (
                                      mmlu_summary,
                                      mmlu_table,
 )
-from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS, pooled_ppl
+from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS
 from analysis.tables.comparisons import (
                                      answer_deltas,
                                      book_deltas,
@@ -56,5 +57,5 @@ __all__ = ["ADVERSARIAL_REPORT", "BOOK", "BUCKET_WIDTH", "CATEGORIES", "PPL_AT",
            "best_trial", "paired_mean_bootstrap", "retention_deltas",
            "book_deltas", "book_ppl", "book_tokens", "completed", "cost_table", "delta_table", "locomo_long",
            "locomo_summary", "locomo_table", "mmlu_summary", "mmlu_table", "paired_bootstrap", "pg19_summary",
-           "pg19_table", "pg19_view", "pooled_ppl", "segments", "stopped_books", "sweep_config_columns",
+           "pg19_table", "pg19_view", "segments", "stopped_books", "sweep_config_columns",
            "sweep_table"]

@@ -13,7 +13,6 @@ callbacks) show them; a trial whose node is lost is restarted from its last book
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 from analysis.tables import best_trial
 from locas.config import AdaptConfig, ModelSpec
+from locas.contract import FAILED, DONE, content_id, trial_unit_id
 from locas.data.pg19 import Book
 from locas.errors import LocasError, one_line
 from orchestration.flags import to_flags
@@ -55,17 +55,13 @@ def store_config(spec: ModelSpec, data: str, split: str, books: list[Book]) -> t
 
     config = {"task": TASK, "model": spec.to_dict(), "data": str(data), "split": split,
               "books": [b.book_id for b in books], "text": TEXT_NORMALIZATION}
-    return config, hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return config, content_id(config)
 
 
 def config_columns(cfg: AdaptConfig) -> dict:
     """The table's config columns, with the method's effective lr and steps."""
     values = {name: getattr(cfg, name) for name in SWEEPABLE}
     return {**values, "lr": cfg.learning_rate, "steps_per_window": cfg.steps}
-
-
-def trial_unit_id(cfg: AdaptConfig) -> str:
-    return f"sweep:pg19:{cfg.config_id}"
 
 
 def trial_table(store):
@@ -166,8 +162,8 @@ def _store_writer(store, configs: dict, books_total: int, stopped_by_asha: set, 
                    "nll_sum": last.get("nll_sum"), "scored_tokens": last.get("scored_tokens"),
                    "seconds": last.get("seconds"), "status": status, "worker_pid": last.get("worker_pid"),
                    "loads": last.get("loads"), "node": last.get("node"), "error": error}
-            books = [{**book, "unit_id": trial_unit_id(cfg)} for book in self.books.get(cid, [])]
-            store.append(trial_unit_id(cfg), books + [row], status="failed" if status == "error" else "done")
+            books = [{**book, "unit_id": trial_unit_id(cfg.config_id)} for book in self.books.get(cid, [])]
+            store.append(trial_unit_id(cfg.config_id), books + [row], status=FAILED if status == "error" else DONE)
             write_trials_csv(store)
             if progress is not None and status != "completed":
                 progress.update(max(0, books_total - row["books_done"]))
@@ -231,7 +227,7 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
     store = RunStore(output).open(TASK, config, run_id, cluster)
     finished = store.finished()
     by_id = {c.config_id: c for c in configs}
-    todo = [c for c in configs if trial_unit_id(c) not in finished]
+    todo = [c for c in configs if trial_unit_id(c.config_id) not in finished]
     skipped = len(configs) - len(todo)
     todo = todo[:max_trials]
     if todo:
@@ -267,8 +263,8 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
             if bar is not None:
                 bar.close()
     finished = store.finished()
-    ran = sum(trial_unit_id(c) in finished for c in todo)
-    remaining = [c.config_id for c in configs if trial_unit_id(c) not in finished]
+    ran = sum(trial_unit_id(c.config_id) in finished for c in todo)
+    remaining = [c.config_id for c in configs if trial_unit_id(c.config_id) not in finished]
     csv_path = write_trials_csv(store)
     table = trial_table(store)
     best = best_trial(table)

@@ -14,8 +14,8 @@ import os
 import tempfile
 import time
 
-from analysis.tables import pooled_ppl
 from locas.config import AdaptConfig, ModelSpec
+from locas.contract import ppl, row_failed
 from locas.errors import one_line
 from orchestration.tasks import make_unit
 from orchestration.worker import Worker
@@ -94,12 +94,12 @@ def run_trial(config: dict, *, configs: dict, books: list, spec: ModelSpec, gpu:
             done.append(row)
             state["books_done"] += 1
             state["book_json"] = json.dumps(row)
-            if row.get("kind") == "error" or row.get("error"):
+            if row_failed(row):
                 state["trial_error"] = f"book {row.get('book_id', row.get('item_id'))}: {row['error']}"
             else:
                 state["nll_sum"] += row["nll_sum"]
                 state["scored_tokens"] += row["scored_tokens"]
-            state["ppl"] = pooled_ppl(state["nll_sum"], state["scored_tokens"])
+            state["ppl"] = ppl(state["nll_sum"], state["scored_tokens"])
             state["seconds"] = time.time() - started
             _report(dict(state), done)
             if state["trial_error"]:
