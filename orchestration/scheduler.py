@@ -28,11 +28,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from locas.contract import FAILED, Unit, unit_error_rows, unit_status
 from locas.errors import LocasError, one_line
 from orchestration.policy import DeadlineAdmission, Placed, StepLatency
 from orchestration.progress import Progress
 from orchestration.store import RunStore
-from locas.contract import FAILED, Unit, unit_error_rows, unit_status
 
 BATCHES_MEASURED = (1, 2, 4, 8)
 

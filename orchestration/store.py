@@ -22,8 +22,17 @@ from typing import Any, Iterator
 
 from locas.contract import DONE, FAILED, STATUSES
 from locas.errors import LocasError
-from locas.run_folder import (LEDGER, MANIFEST, ROWS, SUMMARY, TRACEBACKS, iter_rows, parse_line, read_ledger,
-                               read_manifest)
+from locas.run_folder import (
+    LEDGER,
+    MANIFEST,
+    ROWS,
+    SUMMARY,
+    TRACEBACKS,
+    iter_rows,
+    parse_line,
+    read_ledger,
+    read_manifest,
+)
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "datasets", "pandas", "locas")
 

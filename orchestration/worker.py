@@ -27,10 +27,10 @@ import traceback
 from typing import Callable, Iterator
 
 from locas.config import ModelSpec
+from locas.contract import Unit, row_keys, unit_error_rows
 from locas.documents import Source
 from locas.errors import LocasError
 from orchestration.inbox import Inbox
-from locas.contract import Unit, row_keys, unit_error_rows
 
 
 def _release_device_memory() -> None:

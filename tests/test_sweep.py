@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from locas.run_folder import read_ledger, read_rows
 from locas.config import AdaptConfig, ModelSpec
 from locas.data.pg19 import refuse_test_books as refuse_test_split
 from locas.errors import LocasError
+from locas.run_folder import read_ledger, read_rows
 from orchestration.run_sweep import main
 from orchestration.sweep import trial
 from orchestration.sweep.driver import best_command, trial_resources

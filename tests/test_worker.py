@@ -4,8 +4,8 @@ import sys
 import pytest
 
 from locas.config import ModelSpec
-from locas.errors import LocasError
 from locas.contract import Unit
+from locas.errors import LocasError
 from orchestration.worker import Worker, remote_worker_class
 
 SPEC = ModelSpec(model="fake-model", device="cpu")

@@ -41,10 +41,18 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from locas.adapt import adapted
 from locas.config import AdaptConfig
-from locas.data.locomo import (ADVERSARIAL, NOT_MENTIONED, QA, Conversation, build_question_prompt, render_conversation,
-                               render_session, resolve_choice)
-from locas.documents import Document, chunk_windows
 from locas.contract import error_row
+from locas.data.locomo import (
+    ADVERSARIAL,
+    NOT_MENTIONED,
+    QA,
+    Conversation,
+    build_question_prompt,
+    render_conversation,
+    render_session,
+    resolve_choice,
+)
+from locas.documents import Document, chunk_windows
 from locas.errors import LocasError
 from locas.metrics import score_qa
 from locas.model import CausalLMWithMemory

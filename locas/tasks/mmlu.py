@@ -26,9 +26,9 @@ import torch
 
 from locas.adapt import adapted
 from locas.config import AdaptConfig
+from locas.contract import error_row
 from locas.data.mmlu import LETTERS, Question, build_prompt
 from locas.data.pg19 import Book
-from locas.contract import error_row
 from locas.errors import LocasError, one_line
 from locas.tasks.batching import context_limit, in_batches, left_pad, model_device, pad_id_of
 

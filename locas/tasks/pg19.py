@@ -14,6 +14,7 @@ from locas.documents import Document, DocumentResult, Source, WindowResult, slid
 from locas.errors import LocasError
 from locas.model import CausalLMWithMemory
 
+
 def adds_bos(tokenizer) -> bool:
     """Whether the tokenizer starts a text with its BOS by default (Llama-style; Qwen3 adds none)."""
     bos = tokenizer.bos_token_id
