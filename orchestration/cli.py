@@ -19,8 +19,9 @@ from locas.config import AdaptConfig, ModelSpec, Settings, option
 from locas.contract import FAILED
 from locas.errors import LocasError
 from locas.run_folder import SUMMARY, StoreError, read_json, read_ledger
+from locas.tasks import Task, task
 from orchestration.flags import add_flags, from_flags
-from orchestration.tasks import TASKS, Task, resolved
+from orchestration.tasks import resolved
 
 EXIT_FAILED_UNITS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -81,10 +82,10 @@ def build_parser(task: Task, description: str | None = None,
 
 
 def parse(task: Task, argv, description: str | None = None, parser: argparse.ArgumentParser | None = None,
-          demo_task: str | None = None, demo_inputs: Path | None = None) -> Plan:
+          demo_name: str | None = None, demo_inputs: Path | None = None) -> Plan:
     """Flags → configs (`parser`: a script's own, with flags of its own beside the task's). `--demo` fills in
-    the demo inputs of `demo_task` (default: the task's; made under `demo_inputs`, default the run's own
-    folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
+    the task's demo inputs (`demo_name` names the run, default the task; made under `demo_inputs`, default the
+    run's own folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
     parser = parser or build_parser(task, description)
     args = parser.parse_args(argv)
     if args.output:  # first, so that --demo puts its inputs under the folder the run will use
@@ -92,7 +93,7 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
     if args.demo:
         from orchestration.demo import prepare_demo
 
-        prepare_demo(demo_task or task.name, args, parser, demo_inputs)
+        prepare_demo(task, args, parser, demo_inputs, demo_name)
     if not args.output:
         raise LocasError("--output is required: the run folder where the results go")
     args.output = str(resolve_output(args.output))  # the --demo default too
@@ -151,7 +152,7 @@ def run_task(task_name: str, argv=None, description: str | None = None) -> int:
     from analysis.load import load_run
     from orchestration.run import Part, run, units_line
 
-    plan = parse(TASKS[task_name], argv, description)
+    plan = parse(task(task_name), argv, description)
     check_model(plan.spec, plan.cfg)
     part = Part.of(plan)
     if not part.units:

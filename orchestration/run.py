@@ -38,7 +38,7 @@ class Part:
     @classmethod
     def of(cls, plan, folder: Path | None = None, label: str | None = None) -> "Part":
         """The run folder of `plan` (default its --output) with its units, planned from its data."""
-        config, run_id = run_config(plan.task.name, plan.spec, plan.cfg, plan.options)
+        config, run_id = run_config(plan.task, plan.spec, plan.cfg, plan.options)
         units = plan.task.units(plan.options, plan.cfg, run_id)
         return cls(Path(folder or plan.run.output), label or plan.task.name, plan, config, run_id, units=units)
 
@@ -106,7 +106,8 @@ def _run(parts: list[Part], pool, on_update) -> Result:
     spec = parts[0].plan.spec  # the model of an actor that has not taken a unit yet
     require_cuda = on_gpu and all(p.plan.spec.device != "cpu" for p in parts)
     latency = StepLatency.parse(pool.step_latency) if pool.step_latency else None
-    scheduler = Scheduler(lambda: actor_class.remote(spec, require_cuda=require_cuda),
+    runners = {p.plan.task.name: p.plan.task.run for p in parts}  # the workers run what the driver registered
+    scheduler = Scheduler(lambda: actor_class.remote(spec, runners, require_cuda=require_cuda),
                           {p.run_id: p.store for p in parts}, num_workers=pool.num_gpus or pool.num_workers,
                           progress=StudyProgress(bars), on_rows=recorded, latency=latency)
     counts = scheduler.run(units)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import os
 
-from locas.data.pg19 import load_books, refuse_test_books
 from locas.errors import LocasError
+from locas.tasks import split_list
+from locas.tasks.pg19.data import load_books, refuse_test_books
 from orchestration.cli import cli_main, resolve_output
 from orchestration.sweep.plan import plan_sweep, sweep_parser
-from orchestration.tasks import split_list
 
 SHOWN = ["trial", "method", "loss", "memory_width", "memory_init", "lr", "steps_per_window", "window_size",
          "lora_rank", "ppl", "books_done", "seconds", "status", "worker_pid", "loads"]

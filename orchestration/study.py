@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from locas.errors import LocasError
+from locas.tasks import TASKS
+from locas.tasks import task as registered
 from orchestration.cli import Plan, RunOptions, build_parser, check_model, parse, resolve_output
-from orchestration.tasks import TASKS
 from orchestration.yaml_file import read_yaml
 
 TASK_NAMES = (*TASKS, "sweep")
@@ -74,7 +75,7 @@ def _parser(task: str) -> argparse.ArgumentParser:
         from orchestration.sweep.plan import sweep_parser
 
         return sweep_parser(StrictParser)
-    return build_parser(TASKS[task], parser_class=StrictParser)
+    return build_parser(registered(task), parser_class=StrictParser)
 
 
 def _flags(parser: argparse.ArgumentParser) -> set[str]:
@@ -127,7 +128,7 @@ def _study_run(name: str, task: str, argv: list[str], demo_inputs: Path, check_m
 
         sweep = plan_sweep(argv, parser=_parser("sweep"), demo_inputs=demo_inputs, check_models=check_models)
         return StudyRun(name, task, [(f"{name}/{p.cfg.config_id}", p) for p in sweep.trials])
-    plan = parse(TASKS[task], argv, parser=_parser(task), demo_inputs=demo_inputs)
+    plan = parse(registered(task), argv, parser=_parser(task), demo_inputs=demo_inputs)
     if check_models:
         check_model(plan.spec, plan.cfg)
     return StudyRun(name, task, [(name, plan)])

@@ -185,11 +185,12 @@ def test_run_mmlu_retention_end_to_end(ray_local, tiny_path, books, tmp_path):
 
 
 def test_defaults_are_safe_and_fit_the_device():
+    from locas.tasks import task as registered
     from orchestration.cli import parse
-    from orchestration.tasks import TASKS, documents_at_once
+    from orchestration.tasks import documents_at_once
 
     def plan(*argv, task="pg19"):
-        return parse(TASKS[task], ["--output", "x", *argv])
+        return parse(registered(task), ["--output", "x", *argv])
 
     def batch_size(plan):
         return documents_at_once(plan.task, plan.cfg, bool(plan.run.num_gpus), plan.run.batch_size)

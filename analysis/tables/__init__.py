@@ -22,16 +22,9 @@ the tokens it names:
   windows only; per book they also need the identical window grid.
 """
 
-from analysis.tables.answers import (
-                                     ADVERSARIAL_REPORT,
-                                     CATEGORIES,
-                                     locomo_long,
-                                     locomo_summary,
-                                     locomo_table,
-                                     mmlu_summary,
-                                     mmlu_table,
-)
-from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS
+from importlib import import_module
+
+from analysis.frames import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS
 from analysis.tables.comparisons import (
                                      answer_deltas,
                                      book_deltas,
@@ -41,21 +34,14 @@ from analysis.tables.comparisons import (
                                      paired_mean_bootstrap,
                                      retention_deltas,
 )
-from analysis.tables.pg19 import (
-                                     book_ppl,
-                                     book_tokens,
-                                     completed,
-                                     pg19_summary,
-                                     pg19_table,
-                                     pg19_view,
-                                     segments,
-                                     stopped_books,
-)
 from analysis.tables.sweeps import best_trial, sweep_config_columns, sweep_table
+from locas.tasks import TASKS
 
-__all__ = ["ADVERSARIAL_REPORT", "BOOK", "BUCKET_WIDTH", "CATEGORIES", "PPL_AT", "SETTINGS", "answer_deltas",
-           "best_trial", "paired_mean_bootstrap", "retention_deltas",
-           "book_deltas", "book_ppl", "book_tokens", "completed", "cost_table", "delta_table", "locomo_long",
-           "locomo_summary", "locomo_table", "mmlu_summary", "mmlu_table", "paired_bootstrap", "pg19_summary",
-           "pg19_table", "pg19_view", "segments", "stopped_books", "sweep_config_columns",
+__all__ = ["BOOK", "BUCKET_WIDTH", "PPL_AT", "SETTINGS", "answer_deltas", "best_trial", "book_deltas", "cost_table",
+           "delta_table", "paired_bootstrap", "paired_mean_bootstrap", "retention_deltas", "sweep_config_columns",
            "sweep_table"]
+
+for _package in TASKS.values():  # every registered task's tables (its folder's tables.py), under one name
+    _tables = import_module(f"{_package}.tables")
+    globals().update({name: getattr(_tables, name) for name in _tables.__all__})
+    __all__ += _tables.__all__

@@ -21,8 +21,8 @@ from typing import Any
 
 from locas.config import AdaptConfig, ModelSpec
 from locas.contract import DONE, FAILED, content_id, trial_unit_id
-from locas.data.pg19 import Book
 from locas.errors import LocasError, one_line
+from locas.tasks.pg19.data import Book
 from orchestration.flags import to_flags
 from orchestration.sweep.space import SWEEPABLE
 from orchestration.sweep.trial import run_trial
@@ -46,7 +46,7 @@ class SweepResult:
 def store_config(spec: ModelSpec, data: str, split: str, books: list[Book]) -> tuple[dict, str]:
     """What every trial of this run folder shares (model, data, books), and its run id. The space is not
     part of it, so a wider space on the same --output reuses the finished trials."""
-    from locas.data.pg19 import TEXT_NORMALIZATION
+    from locas.tasks.pg19.data import TEXT_NORMALIZATION
 
     config = {"task": TASK, "model": spec.to_dict(), "data": str(data), "split": split,
               "books": [b.book_id for b in books], "text": TEXT_NORMALIZATION}
@@ -180,7 +180,7 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
     import ray
     from ray import tune
 
-    from locas.data.pg19 import test_source
+    from locas.tasks.pg19.data import test_source
     from orchestration.store import RunStore
 
     if not configs:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from locas.config import Settings, option
-from locas.data.pg19 import refuse_test_books
+from locas.tasks import task
+from locas.tasks.pg19.data import refuse_test_books
 from orchestration.cli import Plan, build_parser, check_model, parse
 from orchestration.flags import add_flags, from_flags
 from orchestration.sweep.space import expand_space, parse_space
-from orchestration.tasks import TASKS
 
 DEMO_GRID = ("memory_width=8,32", "memory_init=highest,random")
 
@@ -37,7 +37,7 @@ class SweepOptions(Settings):
 
 def sweep_parser(parser_class=argparse.ArgumentParser, description: str | None = None) -> argparse.ArgumentParser:
     """run_pg19.py's flags (the dev split by default), and the sweep's."""
-    parser = build_parser(TASKS["pg19"], description, parser_class)
+    parser = build_parser(task("pg19"), description, parser_class)
     add_flags(parser, SweepOptions, "sweep")
     parser.set_defaults(split="validation")
     return parser
@@ -63,7 +63,7 @@ class SweepPlan:
 def plan_sweep(argv, parser=None, demo_inputs: Path | None = None, check_models: bool = True) -> SweepPlan:
     """Flags → the sweep's plan: its space expanded into trials, the test split refused (unless allowed), the
     widest memory checked against the model. Nothing is written."""
-    plan = parse(TASKS["pg19"], argv, parser=parser or sweep_parser(), demo_task="sweep", demo_inputs=demo_inputs)
+    plan = parse(task("pg19"), argv, parser=parser or sweep_parser(), demo_name="sweep", demo_inputs=demo_inputs)
     sweep = from_flags(plan.args, SweepOptions)
     if plan.run.demo and not (sweep.grid or sweep.sample or sweep.space):
         sweep = sweep.replace(grid=DEMO_GRID)

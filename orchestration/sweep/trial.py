@@ -17,7 +17,8 @@ import time
 from locas.config import AdaptConfig, ModelSpec
 from locas.contract import ppl, row_failed
 from locas.errors import one_line
-from orchestration.tasks import TASKS, documents_at_once, make_unit
+from locas.tasks import make_unit, task
+from orchestration.tasks import documents_at_once
 from orchestration.worker import Worker
 
 _PROCESS: dict = {}  # the trial process's Worker, kept across the trials it runs
@@ -82,7 +83,7 @@ def run_trial(config: dict, *, configs: dict, books: list, spec: ModelSpec, gpu:
         state["scored_tokens"] += row["scored_tokens"]
     started = time.time()
     try:
-        batch = documents_at_once(TASKS["pg19"], cfg, gpu, batch_size)
+        batch = documents_at_once(task("pg19"), cfg, gpu, batch_size)
         worker = process_worker(spec, require_cuda=gpu and spec.device != "cpu")
         finished_ids = {row["book_id"] for row in done}
         units = [dataclasses.replace(make_unit("pg19", b.book_id, len(b.text), cfg, "sweep", b), batch=batch)

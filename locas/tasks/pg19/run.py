@@ -9,10 +9,10 @@ import torch
 from locas.adapt import adapt_documents
 from locas.config import AdaptConfig
 from locas.contract import BUCKET_WIDTH, error_row, ppl
-from locas.data.pg19 import Book
 from locas.documents import Document, DocumentResult, Source, WindowResult, sliding_windows
 from locas.errors import LocasError
 from locas.model import CausalLMWithMemory
+from locas.tasks.pg19.data import Book
 
 
 def adds_bos(tokenizer) -> bool:

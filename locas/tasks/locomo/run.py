@@ -42,7 +42,12 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from locas.adapt import adapted
 from locas.config import AdaptConfig
 from locas.contract import error_row
-from locas.data.locomo import (
+from locas.documents import Document, chunk_windows
+from locas.errors import LocasError
+from locas.metrics import score_qa
+from locas.model import CausalLMWithMemory
+from locas.tasks.batching import context_limit, in_batches, left_pad, pad_id_of
+from locas.tasks.locomo.data import (
     ADVERSARIAL,
     NOT_MENTIONED,
     QA,
@@ -52,11 +57,6 @@ from locas.data.locomo import (
     render_session,
     resolve_choice,
 )
-from locas.documents import Document, chunk_windows
-from locas.errors import LocasError
-from locas.metrics import score_qa
-from locas.model import CausalLMWithMemory
-from locas.tasks.batching import context_limit, in_batches, left_pad, pad_id_of
 
 ANSWER_CONTEXTS = ("full", "none")
 CONTEXT_MODES = ("date_split",)

@@ -1,4 +1,5 @@
-"""What the tables share: the keys, grouping that also works for a single group, and JSON-able numbers."""
+"""What the tables share (analysis.tables' and each task folder's tables.py): the keys, grouping that also
+works for a single group, and JSON-able numbers."""
 
 from __future__ import annotations
 
