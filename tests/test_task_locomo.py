@@ -12,14 +12,8 @@ from locas.errors import LocasError
 from locas.memory import VALUE
 from locas.metrics import score_qa
 from locas.tasks.locomo.data import NOT_MENTIONED, load_locomo, render_conversation
-from locas.tasks.locomo.run import (
-    answer_questions,
-    conversation_document,
-    generate_answers,
-    locomo_config,
-    run_locomo_conversation,
-    session_chunks,
-)
+from locas.tasks.locomo.run import (answer_questions, conversation_document, generate_answers, locomo_config,
+                                    run_locomo_conversation, session_chunks)
 
 QA_FIELDS = {"kind", "conversation_id", "question_id", "category", "question", "gold", "prediction", "f1",
              "f1_adversarial_report", "seconds"}

@@ -2,13 +2,14 @@
 (`summary.json`), the notebooks and any pandas session all call these. pandas and numpy only.
 
 Every function takes what `analysis.load.load_runs` returns (`tables.pg19_table(runs)`) or the frames
-themselves. Groups are `by = ["run", "method", "config_id"]` unless told otherwise.
+themselves. A task's own tables live in its folder (`locas/tasks/<name>/tables.py`) and show here by name;
+the comparisons across runs are `analysis.tables.comparisons`. Groups are `by = ["run", "method", "config_id"]` unless told otherwise.
 
 PG-19. A window row scores positions [start, start + scored_tokens) and keeps its NLL sum split at every
 multiple of 50,000 inside them (`cuts`, `locas.contract.BUCKET_WIDTH`), so every figure below counts exactly
 the tokens it names:
-- PPL@N = exp(Σ NLL / Σ scored tokens) (`locas.contract.ppl`) over the scored tokens among each book's first N tokens, pooled
-  over the books (token-weighted). `ppl@N` pools every book (a shorter book gives all its tokens);
+- PPL@N = exp(Σ NLL / Σ scored tokens) (`locas.contract.ppl`) over the scored tokens among each book's first
+  N tokens, pooled over the books (token-weighted). `ppl@N` pools every book (a shorter book gives all its tokens);
   `ppl@N_reaching` only the books with at least N tokens (`reach@N` of them): every position up to N then
   counts the same books. The paper-style headline is `ppl@N_reaching`. `mean_book_ppl@N` is the plain mean
   of those books' own PPL@N.
