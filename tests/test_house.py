@@ -24,6 +24,7 @@ def imported_after(package: str, skip: str = "") -> set[str]:
     return {name.split(".")[0] for name in modules_after(code)}
 
 
+@pytest.mark.slow  # importing every module of the library loads torch and transformers: seconds each
 @pytest.mark.parametrize("package, skip, never", [
     ("locas", ".tables", {"ray", "orchestration", "analysis"}),
     ("locas", "", {"ray", "orchestration"}),
