@@ -43,7 +43,7 @@ def test_the_contract_imports_only_the_standard_library():
 
 def test_the_analysis_reads_only_the_light_modules_of_the_library():
     ours = {name for name in modules_after("import analysis.load, analysis.tables") if name.startswith("locas")}
-    light = {"locas", "locas.contract", "locas.errors", "locas.run_folder", "locas.config", "locas.tasks"}
+    light = {"locas", "locas.contract", "locas.errors", "locas.run_folder", "locas.tasks"}
     assert {name for name in ours if not name.endswith((".rows", ".tables"))} <= light | {
         f"locas.tasks.{name}" for name in ("pg19", "locomo", "mmlu")}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from locas.config import Settings, option
+from locas.settings import Settings, option
 from locas.tasks import Task, adapt_config, lazy, make_unit, sum_of
 
 

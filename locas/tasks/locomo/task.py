@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from locas.config import Settings, option
 from locas.errors import LocasError
+from locas.settings import Settings, option
 from locas.tasks import Task, adapt_config, lazy, make_unit, sum_of
 
 

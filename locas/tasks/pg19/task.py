@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from locas.config import Settings, option
+from locas.settings import Settings, option
 from locas.tasks import Task, adapt_config, lazy, make_unit, split_list, sum_of
 from locas.tasks.pg19.data import TEXT_NORMALIZATION
 
