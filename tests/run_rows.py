@@ -84,9 +84,8 @@ def sweep_trials(trials):
              "lr": 4e-3, "steps_per_window": 1, "window_size": 2048, "lora_rank": 64, "lora_alpha": 64, "ppl": ppl,
              "books_done": 2 if status == "completed" else 1, "books_total": 2, "seconds": 5.0, "status": status,
              "worker_pid": 1, "loads": 1, "node": "n0", "error": None} for width, init, ppl, status in trials]
-    frame = pd.DataFrame(rows)
-    assert list(frame.columns) == TABLE_COLUMNS
-    return frame
+    assert set(rows[0]) == set(TABLE_COLUMNS)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 QA = [  # (category, f1, f1_adversarial_report)

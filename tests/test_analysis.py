@@ -63,8 +63,8 @@ def test_load_many_runs_and_trials(tmp_path):
     parent = load_runs(tmp_path / "all")
     assert parent.names == ["x", "y", "z"]
     assert list(parent.trials["memory_width"]) == [32, 64, 128] and set(parent.trials["method"]) == {"locas"}
-    assert tables.sweep_config_columns(parent.trials) == ["loss", "memory_width", "memory_init", "lr",
-                                                          "steps_per_window", "window_size", "lora_rank", "lora_alpha"]
+    assert tables.sweep_config_columns(parent.trials) == ["loss", "lr", "steps_per_window", "window_size",
+                                                          "memory_width", "memory_init", "lora_rank", "lora_alpha"]
     ranked = tables.sweep_table(parent)  # ASHA's early stop is not a result: only completed trials rank
     assert list(ranked["rank"]) == [1, 2] and list(ranked["memory_width"]) == [32, 64]
     assert tables.best_trial(parent)["trial"] == "t32-highest"
