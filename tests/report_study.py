@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from test_analysis import grid, mmlu_rows, pg19_rows, qa_rows, sweep_trials
+from run_rows import grid, mmlu_rows, pg19_rows, qa_rows, sweep_trials
 
 from orchestration.store import RunStore
 

@@ -12,7 +12,7 @@ from analysis import tables
 from analysis.load import KEYS, TRIALS, Runs, load_runs
 from analysis.reporting.common import LEVEL, with_notes
 from analysis.reporting.pg19 import pg19_cost, pg19_differences, pg19_results
-from analysis.rows import LEDGER
+from locas.run_folder import LEDGER
 
 RESULT = ["books", "stopped", "failed", "200K", "n@200K", "PPL (whole books)"]
 

@@ -9,7 +9,7 @@ from analysis import tables
 from analysis.load import KEYS, Runs
 from analysis.reporting.common import LEVEL, interval_text, with_notes, without_baseline
 from analysis.reporting.paper import definitions, figure_entry, paper_columns, run_setting, with_setting
-from analysis.tables.common import with_keys
+from analysis.frames import with_keys
 
 CATEGORY_COLUMNS = [*tables.CATEGORIES.values(), tables.ADVERSARIAL_REPORT]
 

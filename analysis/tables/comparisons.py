@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import KEYS, Runs
-from analysis.tables.common import BOOK, PPL_AT, SETTINGS, exp_ratio, pg19_frames, with_keys
+from analysis.frames import BOOK, PPL_AT, SETTINGS, exp_ratio, pg19_frames, with_keys
 from analysis.tables.intervals import MIN_UNITS, cluster_mean_bootstrap, paired_bootstrap
-from analysis.tables.pg19 import book_tokens, completed, first_tokens, segments
+from locas.tasks.pg19.tables import book_tokens, completed, first_tokens, segments
 
 # --- comparisons ------------------------------------------------------------------------------------------
 
@@ -136,7 +136,7 @@ def answer_deltas(data, *, baseline: str = "none", baseline_run: str | None = No
     """LoCoMo: per non-baseline group and category (both adversarial rules), the mean F1 × 100 difference
     from a comparable baseline group on the same questions (those both answered), with a bootstrap interval
     that resamples conversations (their questions are not independent): `conversations` of them."""
-    from analysis.tables.answers import ADVERSARIAL_REPORT, CATEGORIES
+    from locas.tasks.locomo.tables import ADVERSARIAL_REPORT, CATEGORIES
 
     qa = _settings(with_keys(data.qa if isinstance(data, Runs) else data)[0])
     is_base = qa["method"] == baseline

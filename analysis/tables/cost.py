@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import KEYS, Runs
-from analysis.tables.common import BOOK, with_keys
+from analysis.frames import BOOK, with_keys
 from analysis.tables.comparisons import _baselines, _settings
-from analysis.tables.pg19 import stopped_books, without_books
+from locas.tasks.pg19.tables import stopped_books, without_books
 
 
 def batch_sizes(frame: pd.DataFrame) -> pd.DataFrame:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.load import KEYS, Runs
-from analysis.tables.common import BOOK, with_keys
-from analysis.tables.pg19 import stopped_books
+from analysis.frames import BOOK, with_keys
+from locas.tasks.pg19.tables import stopped_books
 
 UNIT = {"pg19": BOOK, "locomo": "conversation_id", "mmlu": BOOK}
 """The row field that names a task's unit (MMLU: the book adapted on; its base unit is `base`)."""
