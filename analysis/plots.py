@@ -60,12 +60,18 @@ def _models(frame: pd.DataFrame) -> str:
     return ", ".join(names) if names else "model not recorded"
 
 
-def bucket_width(lengths) -> int:
+def bucket_width(lengths, window: float = 1) -> int:
     """A bucket width scaled to the books: about a tenth of the median book, rounded down to 1, 2 or 5 × 10^k
-    tokens, at most 50,000 (where rows are cut, so 50K buckets are exact)."""
+    tokens, at most 50,000 (where rows are cut, so 50K buckets are exact); never narrower than a `window`'s
+    scored tokens (rounded up the same way), since a window counts whole in the bucket of its first token and
+    narrower buckets would leave some empty."""
     target = max(1.0, float(np.median(lengths)) / 10) if len(lengths) else BUCKET_WIDTH
     power = 10 ** int(np.floor(np.log10(target)))
-    return int(min(BUCKET_WIDTH, max(m * power for m in (1, 2, 5) if m * power <= target)))
+    width = max(m * power for m in (1, 2, 5) if m * power <= target)
+    if width < window:
+        power = 10 ** int(np.floor(np.log10(window)))
+        width = min(m * power for m in (1, 2, 5, 10) if m * power >= window)
+    return int(min(BUCKET_WIDTH, width))
 
 
 def _book_band(per_book: pd.DataFrame, n_boot: int, seed: int) -> tuple[float, float]:
@@ -89,7 +95,8 @@ def plot_ppl_by_position(data, books: pd.DataFrame | None = None, *, width: int 
                             on=KEYS + [BOOK], how="left")
     if reaching is not None:
         windows = windows[windows["_book_tokens"] >= reaching]
-    width = width or bucket_width(windows.drop_duplicates(KEYS + [BOOK])["_book_tokens"].dropna())
+    width = width or bucket_width(windows.drop_duplicates(KEYS + [BOOK])["_book_tokens"].dropna(),
+                                  windows["scored_tokens"].max() if len(windows) else 1)
     windows = segments(windows)
     windows = windows.assign(_label=_labels(windows), _bucket=windows["start"] // width)
     per_book = (windows.groupby(["_label", "_bucket", BOOK]).agg(nll=("nll_sum", "sum"), tokens=("scored_tokens", "sum"))

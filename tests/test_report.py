@@ -197,3 +197,11 @@ def test_the_figures_are_pngs_linked_from_report_md_and_images_in_report_ipynb(s
     assert not any(o.get("output_type") == "error" for o in outputs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == len(report.FIGURES)
     assert not any("<Figure" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+
+
+def test_position_buckets_scale_with_the_books_and_hold_a_window_each():
+    from analysis.plots import bucket_width
+
+    assert bucket_width([400_000, 600_000]) == 50_000  # capped where rows are cut
+    assert bucket_width([30_000, 34_000, 40_000]) == 2_000  # a tenth of the median, rounded down to 1-2-5
+    assert bucket_width([3_400], window=255) == 500  # never narrower than a window: no empty bucket between two
