@@ -3,8 +3,8 @@ ETA follow from it. The runner is benchmarks.bench_scheduler's, whose step laten
 import pytest
 
 from locas.config import ModelSpec
+from locas.contract import Unit
 from orchestration.progress import Progress, fraction_done
-from orchestration.units import Unit
 
 
 class Clock:

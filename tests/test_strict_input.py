@@ -60,7 +60,7 @@ def test_help_says_each_default_once_and_the_right_batch(capsys):
 
 
 def test_a_pg19_folder_with_its_books_in_a_subfolder_is_pointed_at_it(tmp_path):
-    from locas.data.pg19 import load_books
+    from locas.tasks.pg19.data import load_books
 
     (tmp_path / "pg19" / "books").mkdir(parents=True)
     (tmp_path / "pg19" / "books" / "1.txt").write_text("a book")
