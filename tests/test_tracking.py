@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ledger_lines, wait_for
 
-from analysis.rows import read_manifest
+from locas.run_folder import read_manifest
 from locas.tiny import sample_text
 from orchestration.tracking import flatten, numbers, tracking_uri
 
