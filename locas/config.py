@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from locas.errors import LocasError
+from locas.expansion import check_expansion
 
 LOSSES = ("NTP", "SD", "MIX", "GRPO")
 LOSS_ALIASES = {"ST": "SD"}  # the seed's name for self-distillation
@@ -21,10 +22,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def option(default, help: str, *, aliases: tuple[str, ...] = (), choices=None, selects: bool = False):
+def option(default, help: str, *, aliases: tuple[str, ...] = (), choices=None, selects: bool = False,
+           added: bool = False):
     """A config field with its flag: help text, other flag names, allowed values. `selects` marks an option
-    that only chooses which units run (more books later extend the same run), not what a unit computes."""
-    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices, "selects": selects})
+    that only chooses which units run (more books later extend the same run), not what a unit computes.
+    `added` marks a field added after ids were in use: unset (None), it is left out of `to_dict`, so of every
+    config and run id, and the ids of earlier runs stay valid."""
+    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices, "selects": selects,
+                                            "added": added})
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,8 @@ class Method:
 
 _TRAINING = ("loss", "lr", "steps_per_window", "teacher_context", "temperature", "mix_lambda", "grpo_group",
              "grpo_length", "grpo_beta")
-_MEMORY, _LORA = ("memory_width", "memory_init"), ("lora_rank", "lora_alpha", "lora_dropout")
+_MEMORY = ("memory_width", "memory_init", "expand_every", "expand_width", "expand_max_width")
+_LORA = ("lora_rank", "lora_alpha", "lora_dropout")
 METHODS = {
     "none": Method(0.0, 0, ignores=_TRAINING + _MEMORY + _LORA, gpu_batch={loss: 8 for loss in LOSSES}),
     "locas": Method(4e-3, 1, ignores=_LORA, gpu_batch={"NTP": 8, "SD": 4, "MIX": 4}),  # SD/MIX hold teacher logits
@@ -68,7 +74,8 @@ class Settings:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        added = {f.name for f in fields(self) if f.metadata.get("added")}
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in added and v is None)}
 
     @property
     def config_id(self) -> str:
@@ -117,6 +124,11 @@ class AdaptConfig(Settings):
     lora_alpha: int = option(64, "LoRA alpha")
     lora_dropout: float = option(0.05, "LoRA dropout (active while training only)")
     seed: int = option(0, "seed of random memory inits, GRPO sampling, LoRA init and LoCoMo's option order")
+    expand_every: str | None = option(None, "grow the memory (locas): 'session' (LoCoMo: before each dated "
+                                      "session after the first) or every N tokens (N >= window_size), by a block "
+                                      "memorized on the window ahead; unset: a fixed width", added=True)
+    expand_width: int | None = option(None, "rows per block the memory grows by; unset: memory_width", added=True)
+    expand_max_width: int | None = option(None, "the widest the memory grows, in rows; unset: no limit", added=True)
 
     def __post_init__(self):
         self._check_types()
@@ -142,6 +154,7 @@ class AdaptConfig(Settings):
             raise LocasError("temperature must be > 0, grpo_group >= 2, grpo_length >= 1 and lora_rank >= 1")
         if self.grpo_beta < 0 or not 0 <= self.lora_dropout < 1 or (self.teacher_context or 0) < 0:
             raise LocasError("grpo_beta must be >= 0, lora_dropout within [0, 1) and teacher_context >= 0")
+        object.__setattr__(self, "expand_every", check_expansion(self))
 
     @property
     def learning_rate(self) -> float:

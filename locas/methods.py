@@ -42,11 +42,17 @@ class NoAdaptation:
     def train_context(self):
         return contextlib.nullcontext()
 
+    def before_window(self, batch) -> None:
+        """Called before each window step (`WindowBatch`): an expanding memory grows here."""
+
     def step(self, slots: torch.Tensor) -> None:
         """One optimizer step for `slots` (those whose loss had support in this window)."""
 
     def trainable_parameters(self) -> int:
         return 0
+
+    def annotate(self, result) -> None:
+        """Add to a finished document's result what its rows record of the state (an expanding memory's widths)."""
 
     def export(self, slot: int):
         """A plain model carrying the slot's state (the frozen model itself for `none`)."""
@@ -72,7 +78,8 @@ class LocasMemory(NoAdaptation):
         fresh = self.model.memorize(first_window, keep_top=self.cfg.memory_width,
                                     memory_init=self.cfg.memory_init, seed=self.cfg.seed)
         with torch.no_grad():
-            self.memory[:, slot] = fresh[:, 0]
+            self.memory[:, slot, :fresh.shape[2]] = fresh[:, 0]
+            self.memory[:, slot, fresh.shape[2]:] = 0  # rows an expanding memory had added for the last document
         self.optimizer.reset(slot)
 
     def slot_memory(self, slots: torch.Tensor) -> torch.Tensor:
@@ -162,4 +169,9 @@ METHOD_CLASSES = {"none": NoAdaptation, "locas": LocasMemory, "lora": TempLoRA}
 
 
 def make_method(model: CausalLMWithMemory, cfg: AdaptConfig):
-    return METHOD_CLASSES[cfg.method](model, cfg)
+    method_class = METHOD_CLASSES[cfg.method]
+    if method_class is LocasMemory and cfg.expand_every is not None:
+        from locas.expanding_memory import ExpandingMemory
+
+        method_class = ExpandingMemory
+    return method_class(model, cfg)

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 from locas.config import AdaptConfig, ModelSpec, Settings, option
 from locas.documents import Source
 from locas.errors import LocasError
+from locas.expansion import without_sessions
 from orchestration.units import Unit
 
 Rows = list[dict]
@@ -231,13 +232,14 @@ def _sum_of(kind: str, column: str) -> Callable[[Rows], int]:
 
 TASKS = {
     "pg19": Task("pg19", PG19Options, pg19_units, run_pg19, _analysis("pg19_summary"), book_table, "books",
-                 "tokens", _sum_of("book", "tokens")),
+                 "tokens", _sum_of("book", "tokens"), without_sessions),
     "locomo": Task("locomo", LocomoOptions, locomo_units, run_locomo, _analysis("locomo_summary"),
                    _analysis("locomo_table"), "conversations", "tokens", _sum_of("conversation", "tokens"),
                    configure_locomo),
     "mmlu": Task("mmlu", MMLUOptions, mmlu_units, run_mmlu, _analysis("mmlu_summary"), _analysis("mmlu_table"),
                  "checks", "questions",
-                 lambda rows: sum(r.get("kind") in ("mmlu", "error") and "question_id" in r for r in rows)),
+                 lambda rows: sum(r.get("kind") in ("mmlu", "error") and "question_id" in r for r in rows),
+                 without_sessions),
 }
 
 
