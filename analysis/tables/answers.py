@@ -7,6 +7,7 @@ import pandas as pd
 
 from analysis.load import KEYS, Runs
 from analysis.tables.common import BOOK, grouped, merge, number, with_keys
+from analysis.tables.widths import width_summary
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 ADVERSARIAL_REPORT = "adversarial (report)"
@@ -63,7 +64,7 @@ def locomo_summary(data) -> dict:
     for name in [*CATEGORIES.values(), ADVERSARIAL_REPORT]:
         key = "f1_" + name.replace(" (report)", "_report").replace("-", "_")
         summary[key] = number(row.get(name)) if len(qa) else None
-    return summary
+    return {**summary, **width_summary(runs.conversations if runs is not None else None)}
 
 # --- MMLU ----------------------------------------------------------------------------------------------
 

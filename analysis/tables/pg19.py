@@ -8,6 +8,7 @@ import pandas as pd
 
 from analysis.load import KEYS, Runs
 from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, exp_ratio, grouped, merge, number, pg19_frames, with_keys
+from analysis.tables.widths import width_summary
 
 # --- PG-19: which rows count -------------------------------------------------------------------------------
 
@@ -150,7 +151,7 @@ def pg19_summary(data, books: pd.DataFrame | None = None, *, ns=PPL_AT) -> dict:
     summary = {key: number(row.get(key), whole=key in counts) for key in keys}
     if isinstance(data, Runs):
         summary["errors"] = len(data.errors)
-    return summary
+    return {**summary, **width_summary(books)}
 
 
 def pg19_view(table: pd.DataFrame, what: str = "ppl", *, ns=PPL_AT, by=None) -> pd.DataFrame:
