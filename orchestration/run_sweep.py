@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from locas.config import Settings, option
-from locas.data.pg19 import load_books, refuse_test_books
+from locas.data.pg19 import load_books, refuse_test_books, test_source
 from locas.errors import LocasError
 from orchestration.cli import Plan, build_parser, check_model, cli_main, parse, resolve_output
 from orchestration.flags import add_flags, from_flags
+from orchestration.sweep.frontier import cost_levels, write_frontier
 from orchestration.sweep.space import expand_space, parse_space
 from orchestration.tasks import TASKS, split_list
 
@@ -52,6 +53,8 @@ class SweepOptions(Settings):
     allow_test: bool = option(False, "allow sweeping on PG-19's test books (not advised)")
     test_data: str | None = option(None, "--data of the printed test command (default: the dev source when it "
                                    "holds the test split, else emozilla/pg19)")
+    best_per: str | None = option(None, "settings that set a cost level, e.g. steps_per_window: the best trial of "
+                                  "each level goes into OUT/best_per_cost.yaml, a study of test runs beside Locas")
 
 
 def sweep_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -89,6 +92,7 @@ def plan_sweep(argv, parser=None, demo_inputs: Path | None = None, check_models:
     space = parse_space(sweep.grid, sweep.sample, sweep.space, sweep.num_samples,
                         sweep.sample_seed if sweep.sample_seed is not None else plan.cfg.seed)
     configs = expand_space(space, plan.cfg)
+    cost_levels(sweep.best_per)
     refuse_test_books(plan.options.data, plan.options.split, allow_test=sweep.allow_test)
     if check_models:
         check_model(plan.spec, max(configs, key=lambda c: (c.method == "locas", c.memory_width)))
@@ -131,6 +135,11 @@ def main(argv=None):
               f"{result.best_command}")
     else:
         print("best: no trial completed every book")
+    if sweep.best_per and result.best_command:
+        path, command = write_frontier(result.trials_csv.parent, result.table, cost_levels(sweep.best_per),
+                                       {c.config_id: c for c in configs}, plan.spec,
+                                       sweep.test_data or test_source(plan.options.data), plan.run.num_gpus)
+        print(f"best per {sweep.best_per}: {path}; on the test set, beside Locas, run:\n{command}")
     print(f"trials: {result.trials_csv}\nsummary: {result.trials_csv.parent / 'summary.json'}")
 
 

@@ -191,3 +191,28 @@ def test_session_schedule_on_a_book_is_refused_with_one_line(tiny_path, capsys):
     argv = ["--model", str(tiny_path), "--data", "x", "--output", "x", "--expand_every", "session"]
     assert run_pg19.main(argv) == 2
     assert "--expand_every session needs dated sessions" in capsys.readouterr().err
+
+
+def test_the_ablations_set_fixed_against_expanding_widths_on_both_tasks(tmp_path):
+    from pathlib import Path
+
+    from orchestration.study import plan_study
+
+    study = Path(__file__).resolve().parents[1] / "studies" / "ablations.yaml"
+    runs = {run.name: [p for _, p in run.plans] for run in plan_study(study, tmp_path, check_models=False)}
+    fixed = {p.cfg.memory_width for p in runs["width"]}
+    small, large = (runs[f"pg19-expand-{size}"][0].cfg for size in ("small", "large"))
+    for c in (small, large):  # from a fixed width to another, reached at the same token
+        assert {c.memory_width, c.expand_max_width} <= fixed and (c.expand_max_width - c.memory_width) % c.expand_width == 0
+    assert small.expand_width < large.expand_width and small.memory_width == large.memory_width
+    assert [(c.expand_max_width - c.memory_width) // c.expand_width * int(c.expand_every) for c in (small, large)] \
+        == [49152, 49152]
+    for tail, context in (("", "full"), ("-none", "none")):
+        plans = {name: runs[f"locomo-{name}{tail}"][0] for name in ("fixed-32", "fixed-128", "expand-small",
+                                                                       "expand-large")}
+        assert {p.options.answer_context for p in plans.values()} == {context}
+        assert [plans[n].cfg.memory_width for n in ("fixed-32", "fixed-128")] == [32, 128]
+        grown = [plans[n].cfg for n in ("expand-small", "expand-large")]
+        assert [(c.memory_width, c.expand_every, c.expand_max_width) for c in grown] == [(32, "session", 128)] * 2
+        assert grown[0].expand_width < grown[1].expand_width
+    assert runs["locomo-frozen-none"][0].options.answer_context == "none"
