@@ -28,7 +28,8 @@ right, "Not mentioned in the conversation"), `prediction` (as scored), `f1`, `f1
 adaptation time divided over its questions, so a conversation's seconds sum to its cost). A question that
 fails, or that the loader skipped (`load_locomo(strict=False)`), gives a `kind="error"` row instead. One
 `kind="conversation"` row leads: `conversation_id`, `tokens` and `windows` trained on, `seconds` of
-accelerator time the adaptation took, `trainable_params`.
+accelerator time the adaptation took, `trainable_params` (with an expanding memory, at the end, and
+`widths`, the rows in force per window, and `final_width`).
 """
 from __future__ import annotations
 
