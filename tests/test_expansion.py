@@ -162,20 +162,20 @@ def conversation(tmp_path, sessions=5):
 
 
 def test_locomo_grows_before_each_session_after_the_first(tiny_model, tokenizer, tmp_path):
-    c = cfg(method="locas", loss="SD", expand_every="session", expand_width=4, expand_max_width=None,
-            window_size=512)
+    c = cfg(expand_every="session", expand_width=4, expand_max_width=None, window_size=512)
     talk = conversation(tmp_path)
     doc = conversation_document(tokenizer, talk, c)
     assert doc.sections == list(range(5)) and len(doc.windows) == 5  # one window per session here
-    rows = run_locomo_conversation(tiny_model, tokenizer, talk, c, answer_context="none", max_questions=2)
+    rows = run_locomo_conversation(tiny_model, tokenizer, talk, c, answer_context="none", max_questions=1,
+                                   max_new_tokens=4)
     head = rows[0]
     assert head["widths"] == [8, 12, 16, 20, 24] and head["final_width"] == 24
     assert head["trainable_params"] == 3 * 2 * 64 * 24
-    assert [r["kind"] for r in rows[1:]] == ["qa", "qa"]
+    assert [r["kind"] for r in rows[1:]] == ["qa"]
 
 
 def test_a_long_session_grows_once_at_its_first_window(tiny_model, tokenizer, tmp_path):
-    c = cfg(expand_every="session", window_size=16)
+    c = cfg(expand_every="session", window_size=24)
     doc = conversation_document(tokenizer, conversation(tmp_path, 3), c)
     assert len(doc.windows) > 3 and doc.sections[0] == 0
     assert all(doc.windows[k].start > doc.windows[k - 1].start for k in doc.sections[1:])

@@ -31,6 +31,7 @@ def book():
     return load_books(str(require(PG19_BOOKS)), ids=["31974"])[0]
 
 
+@pytest.mark.slow
 def test_the_shipped_model_keeps_its_output_at_each_expansion(tinylm, book):
     model, tokenizer = tinylm
     cfg = AdaptConfig(**SETTINGS)
@@ -44,6 +45,7 @@ def test_the_shipped_model_keeps_its_output_at_each_expansion(tinylm, book):
     assert result.widths == [16 + 8 * (w.start // 512) for w in doc.windows] == [16, 16, 16, 24, 24, 32, 32]
 
 
+@pytest.mark.slow
 def test_an_expanded_memory_exports_to_a_checkpoint_stock_transformers_scores_the_same(tinylm, book, tmp_path):
     from transformers import AutoModelForCausalLM
 
