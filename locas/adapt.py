@@ -1,7 +1,9 @@
 """The online loop (SPEC §6, docs/method.md): memorize on window 0, then per window evaluate, then update.
 
-The NLL recorded for a window is always the pre-update one; with one step per window (and a
-deterministic training forward) the scoring forward and the training forward are one computation.
+The NLL recorded for a window is always the pre-update one; with one step per window (a deterministic
+training forward, and a loss whose training forward gives the NLL: `Loss.shares_scoring_forward`) the
+scoring forward and the training forward are one computation. The loop never asks which method or loss it
+runs: both are objects from their registries (`locas.methods`, `locas.objectives`).
 Documents run in slots along the memory's batch axis; a finished document's slot is refilled at once.
 
 The accelerator is never waited on per window: each token's NLL stays on the device until its document
@@ -16,12 +18,13 @@ from typing import Iterable, Iterator
 
 import torch
 
-from locas import losses
+from locas.checks import check_model_config
 from locas.config import AdaptConfig
 from locas.documents import Document, DocumentResult, Source, sliding_windows
 from locas.errors import LocasError
 from locas.methods import make_method
-from locas.model import CausalLMWithMemory, token_nll
+from locas.model import CausalLMWithMemory
+from locas.objectives import make_loss, window_nll
 from locas.slots import HostFlags, Slot, Step, StepClock, WindowBatch
 
 
@@ -35,104 +38,17 @@ class StepOutput:
 
 
 class Adapter:
-    """Runs documents through a method with a loss; see `adapt_documents`."""
+    """Runs documents through a method with a loss; see `adapt_documents`. Refuses a model that cannot take
+    `cfg` (`locas.checks`) before anything runs."""
 
     def __init__(self, model: CausalLMWithMemory, method, cfg: AdaptConfig):
+        check_model_config(model.config, cfg)
         self.model, self.method, self.cfg = model, method, cfg
+        self.loss = make_loss(model, method, cfg)
         self.width = cfg.window_size
-        self.shared_forward = cfg.steps == 1 and cfg.loss != "GRPO" and method.deterministic_training
+        self.shared_forward = cfg.steps == 1 and self.loss.shares_scoring_forward and method.deterministic_training
         # a compiled model gets every window right-padded to the window size (one graph); an eager one not
         self.static_shapes = model.compiled
-
-    # ---- forwards --------------------------------------------------------------------------------------
-    def _logits(self, batch: WindowBatch, slots: torch.Tensor | None = None):
-        with self.method.forward_context(batch.slots if slots is None else slots):
-            return self.model(batch.ids).logits
-
-    def _nll(self, batch: WindowBatch) -> torch.Tensor:
-        """Per-token NLL (S, T−1) by `compute_nll`: for a plain output head no (S, T, V) logits are kept."""
-        with self.method.forward_context(batch.slots):
-            return self.model.compute_nll(batch.ids)
-
-    def _teacher_starts(self, batch: WindowBatch) -> list[int]:
-        """Per slot, the first token the SD teacher reads: up to `teacher_tokens` before the window."""
-        return [max(0, w.start - self.cfg.teacher_tokens) for w in batch.windows]
-
-    @torch.no_grad()
-    def _teacher_logits(self, batch: WindowBatch, starts: list[int]):
-        """Frozen base, memory off, reading the preceding tokens plus the window."""
-        out = torch.zeros(len(starts), batch.width, self.model.config.vocab_size, device=self.model.device,
-                          dtype=self.model.model.dtype)  # (S, T, V) in the model's dtype: fp32 would double it
-        has_context = torch.zeros(len(starts), 1, device=self.model.device)
-        with self.method.base_context():
-            for i, (doc, w, lo) in enumerate(zip(batch.docs, batch.windows, starts)):
-                if lo == w.start:
-                    continue  # nothing precedes: the teacher would equal the student
-                ids = doc.tokens[lo:w.end].unsqueeze(0).to(self.model.device)
-                logits = self.model(ids).logits[0]
-                out[i, :w.end - w.start] = logits[w.start - lo:]
-                has_context[i] = 1
-        return out, has_context
-
-    def _support(self, batch: WindowBatch, starts: list[int]) -> list[bool]:
-        """Whether each slot's loss can have a gradient at all: SD needs text before the window (window 0 has
-        none), MIX either part. A slot without support takes no optimizer step (docs/method.md)."""
-        cfg = self.cfg
-        sd = [lo < w.start for w, lo in zip(batch.windows, starts)]
-        if cfg.loss == "SD":
-            return sd
-        if cfg.loss == "MIX":
-            return [cfg.mix_lambda > 0 or (cfg.mix_lambda < 1 and has) for has in sd]
-        return [True] * len(sd)
-
-    def _loss(self, batch: WindowBatch, teacher) -> tuple[torch.Tensor, torch.Tensor]:
-        """(training loss (S,), per-token NLL (S, T−1)) from one forward; NTP needs no logits."""
-        cfg = self.cfg
-        if cfg.loss == "NTP":
-            nll = self._nll(batch)
-            return losses.ntp(nll, batch.score), nll
-        logits = self._logits(batch)
-        nll = token_nll(logits.detach() if cfg.loss == "SD" else logits, batch.ids)
-        teacher_logits, has_context = teacher
-        sd = losses.self_distillation(logits, teacher_logits, batch.score * has_context, cfg.temperature)
-        if cfg.loss == "SD":
-            return sd, nll
-        return cfg.mix_lambda * losses.ntp(nll, batch.score) + (1 - cfg.mix_lambda) * sd, nll
-
-    def _grpo_loss(self, batch: WindowBatch, step: int) -> tuple[torch.Tensor, list[bool]]:
-        """Per slot: sample G continuations of the window's prefix (temperature 1, no top-k or top-p
-        truncation), reward token-F1 against the truth. A group of equal rewards has no advantage and,
-        without a KL term, no support."""
-        cfg, model, device = self.cfg, self.model, self.model.device
-        per_slot, support = [], []
-        for i, w in enumerate(batch.windows):
-            n = w.end - w.start
-            length = min(cfg.grpo_length, n - 1)
-            prefix, truth = batch.ids[i, :n - length], batch.ids[i, n - length:n].tolist()
-            slot = batch.slots[i:i + 1]
-            torch.manual_seed(cfg.seed * 1_000_003 + w.start * 31 + step)
-            with torch.no_grad(), self.method.forward_context(slot):
-                prompts = prefix.expand(cfg.grpo_group, -1)
-                samples = model.model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
-                                               temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=length,
-                                               min_new_tokens=length, pad_token_id=_pad_id(model.config))
-            continuation = samples[:, prefix.shape[0]:]  # (G, length)
-            rewards = [losses.token_f1(c.tolist(), truth) for c in continuation]
-            advantages = losses.group_advantages(torch.tensor(rewards, device=device))
-            logprobs = self._sample_logprobs(samples, prefix.shape[0], slot)
-            reference = None
-            if cfg.grpo_beta:
-                with torch.no_grad(), self.method.base_context():
-                    reference = self._sample_logprobs(samples, prefix.shape[0], None)
-            per_slot.append(losses.grpo(logprobs, torch.ones_like(logprobs), advantages, reference, cfg.grpo_beta))
-            support.append(len(set(rewards)) > 1 or cfg.grpo_beta > 0)
-        return torch.stack(per_slot), support
-
-    def _sample_logprobs(self, samples, prefix_len, slot):
-        ctx = self.method.forward_context(slot) if slot is not None else contextlib.nullcontext()
-        with ctx:
-            logits = self.model.model(input_ids=samples).logits[:, prefix_len - 1:-1].float()
-        return torch.log_softmax(logits, -1).gather(-1, samples[:, prefix_len:, None])[..., 0]  # (G, length)
 
     def _train_step(self, loss: torch.Tensor, batch: WindowBatch, support: list[bool]) -> None:
         """Backward, then an optimizer step for the slots whose loss has support; the others keep their
@@ -145,29 +61,24 @@ class Adapter:
     # ---- one window for every active slot ---------------------------------------------------------------
     def step_window(self, batch: WindowBatch) -> StepOutput:
         """Record each slot's pre-update NLL, then train (see StepOutput)."""
-        cfg, method = self.cfg, self.method
+        cfg, method, loss = self.cfg, self.method, self.loss
         if not cfg.steps:
             with torch.no_grad():
-                return StepOutput(self._nll(batch) * batch.score, None)
-        starts = self._teacher_starts(batch)
-        teacher = self._teacher_logits(batch, starts) if cfg.loss in ("SD", "MIX") else None
-        support = self._support(batch, starts)
+                return StepOutput(window_nll(self.model, method, batch) * batch.score, None)
+        prepared = loss.prepare(batch)
         if self.shared_forward:
             with method.train_context():
-                loss, nll = self._loss(batch, teacher)
-            self._train_step(loss, batch, support)
-            return StepOutput(nll.detach() * batch.score, loss.detach())
+                out = loss(batch, prepared, 0)
+            self._train_step(out.loss, batch, out.support)
+            return StepOutput(out.nll.detach() * batch.score, out.loss.detach())
         with torch.no_grad():
-            nll = self._nll(batch) * batch.score
+            nll = window_nll(self.model, method, batch) * batch.score
         train_loss = None
         for step in range(cfg.steps):
             with method.train_context():
-                if cfg.loss == "GRPO":
-                    loss, support = self._grpo_loss(batch, step)
-                else:
-                    loss, _ = self._loss(batch, teacher)
-            self._train_step(loss, batch, support)
-            train_loss = loss.detach() if train_loss is None else train_loss
+                out = loss(batch, prepared, step)
+            self._train_step(out.loss, batch, out.support)
+            train_loss = out.loss.detach() if train_loss is None else train_loss
         return StepOutput(nll, train_loss)
 
     # ---- the loop ---------------------------------------------------------------------------------------
@@ -240,16 +151,6 @@ def _non_finite(out: StepOutput) -> torch.Tensor:
     """(S,) bool on the device: a slot whose window NLL or training loss is not finite."""
     bad = ~torch.isfinite(out.token_nll.sum(1))
     return bad if out.train_loss is None else bad | ~torch.isfinite(out.train_loss)
-
-
-def _pad_id(config) -> int:
-    """A pad id for sampling: the model's pad token, else its (first) EOS token, else 0."""
-    for candidate in (getattr(config, "pad_token_id", None), getattr(config, "eos_token_id", None)):
-        if isinstance(candidate, (list, tuple)):
-            candidate = candidate[0] if candidate else None
-        if candidate is not None:
-            return candidate
-    return 0
 
 
 def adapt_documents(model: CausalLMWithMemory, documents: Iterable[Document], cfg: AdaptConfig,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from locas.errors import LocasError
 from locas.expansion import block_width, grows_before
 from locas.methods import LocasMemory
 
@@ -21,10 +20,6 @@ class ExpandingMemory(LocasMemory):
     """`locas` with `expand_every` set: see the module docstring."""
 
     def start(self, num_slots: int) -> None:
-        block = self.cfg.expand_width or self.cfg.memory_width
-        if block > self.model.intermediate_size:
-            raise LocasError(f"expand_width={block} is larger than the model's MLP "
-                             f"({self.model.intermediate_size} units)")
         super().start(num_slots)
         self.widths = [self.cfg.memory_width] * num_slots  # rows in force per slot
         self.blocks = [0] * num_slots  # blocks appended to the slot's document so far

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from locas.errors import LocasError
 
 KEY, GATE, VALUE = 0, 1, 2
+MEMORY_INITS = ("highest", "lowest", "random_index", "random")  # which MLP units seed a memory (`memorize`)
 MEMORY_FORMAT = "locas-memory/1"
 
 

@@ -3,28 +3,58 @@
 A method holds the trainable state of up to `max_slots` documents at once (slot = index along the memory's
 batch axis), resets a slot for a new document, runs forwards with a slot subset's state, steps its optimizer,
 and exports a slot's state as a plain model.
+
+The class also carries what the rest of the code knows about the method: its defaults, its own config fields
+(`options`: `locas.config.AdaptConfig` gathers them), what it checks in a model config, its GPU batch. Adding a
+method is one class here and its entry in the registry line at the bottom (docs/design.md).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from locas.config import AdaptConfig
 from locas.errors import LocasError
-from locas.model import CausalLMWithMemory
+from locas.memory import MEMORY_INITS
 from locas.optim import SlotAdamW
+from locas.settings import Settings, choice, option
+
+if TYPE_CHECKING:
+    from locas.config import AdaptConfig
+    from locas.model import CausalLMWithMemory
+
+GPU_BATCH = 8  # documents the frozen model reads at once on one GPU (PG-19): batch 1 is launch-bound
+Name = Callable[[str, object], str]  # (field, value) → how a message names the setting: `width=8` or `--width 8`
 
 
-class NoAdaptation:
-    """`none`: the frozen model on the same windows (context truncation)."""
+class Method:
+    """The interface the loop calls, doing nothing, and what a method declares (override in a subclass)."""
 
-    max_slots = None
+    name: str  # its --method value
+    description: str  # a few words for --method's help
+    default_lr: float  # the learning rate an unset --lr takes
+    default_steps: int  # optimizer steps per window an unset --steps_per_window takes
+    trains = True  # False: nothing trains (the loss and the optimizer settings are never read)
+    options: type[Settings] | None = None  # its own AdaptConfig fields: a frozen Settings that checks them
+    max_slots: int | None = None  # documents it holds at once; None: any number
     deterministic_training = True
 
     def __init__(self, model: CausalLMWithMemory, cfg: AdaptConfig):
         self.model, self.cfg = model, cfg
+
+    @classmethod
+    def check_model(cls, config, cfg: AdaptConfig, name: Name) -> None:
+        """Refuse, before anything loads, a model (its HF config) that cannot take `cfg`."""
+
+    @classmethod
+    def batch_on_gpu(cls, loss) -> int:
+        """Documents adapted at once on one GPU (PG-19) under `loss` (a loss class)."""
+        batch = loss.gpu_batch if cls.trains else GPU_BATCH
+        return min(batch, cls.max_slots or batch)
 
     def start(self, num_slots: int) -> None:
         pass
@@ -62,14 +92,46 @@ class NoAdaptation:
         pass
 
 
-class LocasMemory(NoAdaptation):
+class NoAdaptation(Method):
+    """`none`: the frozen model on the same windows (context truncation)."""
+
+    name, description = "none", "frozen model"
+    default_lr, default_steps, trains = 0.0, 0, False
+
+
+@dataclass(frozen=True)
+class MemoryOptions(Settings):
+    memory_width: int = option(64, "memory rows r per layer (memorize's keep_top)", sweep=True)
+    memory_init: str = option("highest", "which MLP units seed the memory", choices=MEMORY_INITS, sweep=True)
+    expand_every: str | None = option(None, "grow the memory: 'session' (LoCoMo: before each dated session after "
+                                      "the first) or every N tokens (N >= window_size), by a block memorized on the "
+                                      "window ahead (locas/expansion.py); unset: a fixed width", added=True)
+    expand_width: int | None = option(None, "rows per block the memory grows by; unset: memory_width", added=True)
+    expand_max_width: int | None = option(None, "the widest the memory grows, in rows; unset: no limit", added=True)
+
+    def __post_init__(self):
+        choice("memory_init", self.memory_init, MEMORY_INITS)
+        if self.memory_width < 1:
+            raise LocasError(f"memory_width={self.memory_width} must be at least 1")
+
+
+class LocasMemory(Method):
     """`locas`: one memory per slot, memorized on the document's first window, trained with per-slot AdamW."""
+
+    name, description = "locas", "memory"
+    default_lr, default_steps = 4e-3, 1
+    options = MemoryOptions
+
+    @classmethod
+    def check_model(cls, config, cfg: AdaptConfig, name: Name) -> None:
+        width = config.intermediate_size
+        if cfg.memory_width > width:
+            raise LocasError(f"{name('memory_width', cfg.memory_width)} is larger than the model's MLP ({width} units)")
+        if cfg.expand_width is not None and cfg.expand_width > width:
+            raise LocasError(f"{name('expand_width', cfg.expand_width)} is larger than the model's MLP ({width} units)")
 
     def start(self, num_slots: int) -> None:
         m = self.model
-        if self.cfg.memory_width > m.intermediate_size:
-            raise LocasError(f"memory_width={self.cfg.memory_width} is larger than the model's MLP "
-                             f"({m.intermediate_size} units)")
         self.memory = torch.zeros(m.num_layers, num_slots, self.cfg.memory_width, m.hidden_size, 3,
                                   device=m.device, requires_grad=True)  # (L, S, r, d, 3)
         self.optimizer = SlotAdamW(self.memory, lr=self.cfg.learning_rate)
@@ -100,9 +162,23 @@ class LocasMemory(NoAdaptation):
         return self.model.to_dense(self.memory.detach(), batch_index=slot)
 
 
-class TempLoRA(NoAdaptation):
+@dataclass(frozen=True)
+class LoraOptions(Settings):
+    lora_rank: int = option(64, "LoRA rank", sweep=True)
+    lora_alpha: int = option(64, "LoRA alpha", sweep=True)
+    lora_dropout: float = option(0.05, "LoRA dropout (active while training only)")
+
+    def __post_init__(self):
+        if self.lora_rank < 1 or not 0 <= self.lora_dropout < 1:
+            raise LocasError("lora_rank must be >= 1 and lora_dropout within [0, 1)")
+
+
+class TempLoRA(Method):
     """`lora`: a TempLoRA-style peft adapter on every linear layer, fresh for each document (one slot)."""
 
+    name, description = "lora", "TempLoRA baseline"
+    default_lr, default_steps = 5e-5, 2
+    options = LoraOptions
     max_slots = 1
     TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -165,12 +241,25 @@ class TempLoRA(NoAdaptation):
         self.lora.unload()
 
 
-METHOD_CLASSES = {"none": NoAdaptation, "locas": LocasMemory, "lora": TempLoRA}
+METHODS: dict[str, type[Method]] = {}
+"""The registry: --method value → its class. `locas.config.AdaptConfig` gathers the options of the methods
+registered when it is first imported."""
 
 
-def make_method(model: CausalLMWithMemory, cfg: AdaptConfig):
-    method_class = METHOD_CLASSES[cfg.method]
-    if method_class is LocasMemory and cfg.expand_every is not None:
+def register_method(cls: type[Method]) -> type[Method]:
+    if cls.name in METHODS:
+        raise LocasError(f"a method named {cls.name!r} is registered already ({METHODS[cls.name].__name__})")
+    METHODS[cls.name] = cls
+    return cls
+
+
+for _builtin in (NoAdaptation, LocasMemory, TempLoRA):
+    register_method(_builtin)
+
+
+def make_method(model: CausalLMWithMemory, cfg: AdaptConfig) -> Method:
+    method_class = METHODS[cfg.method]
+    if method_class is LocasMemory and cfg.expand_every is not None:  # locas's own option: its memory grows
         from locas.expanding_memory import ExpandingMemory
 
         method_class = ExpandingMemory

@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from locas.config import MEMORY_INITS, ModelSpec
+from locas.checks import check_model_config
 from locas.errors import LocasError
 from locas.losses import linear_nll, over_positions
-from locas.memory import GATE, KEY, VALUE, check_memory, clip_rows, prepare_memory, prepared_branch
+from locas.memory import GATE, KEY, MEMORY_INITS, VALUE, check_memory, clip_rows, prepare_memory, prepared_branch
 
-_SILU_NAMES = ("silu", "swish")
 # model types whose causal-LM head is exactly `logits = lm_head(final hidden states)` (no scaling or capping)
 _PLAIN_HEAD_TYPES = ("qwen3", "qwen2", "llama", "mistral", "qwen3_moe", "qwen2_moe")
 
@@ -28,9 +27,7 @@ def _gated_mlps(model) -> list[nn.Module]:
     layers = getattr(model.base_model, "layers", None)
     if layers is None:
         raise LocasError(f"{type(model).__name__} has no decoder layers at .model.layers: not a supported causal LM")
-    act = getattr(model.config, "hidden_act", None)
-    if act not in _SILU_NAMES:
-        raise LocasError(f"{type(model).__name__} uses activation {act!r}; Locas needs a gated SiLU MLP")
+    check_model_config(model.config, model=getattr(model.config, "name_or_path", "") or type(model).__name__)
     mlps = []
     for i, layer in enumerate(layers):
         mlp = getattr(layer, "mlp", None)
@@ -316,9 +313,9 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask=None
 Qwen3ForCausalLMWithMemory = CausalLMWithMemory
 
 
-def load_for_worker(spec: ModelSpec) -> CausalLMWithMemory:
-    """Load the model a worker serves, with its tokenizer as `.tokenizer`. `spec.device` is "cpu" or
-    "cuda" here (the worker resolves "auto")."""
+def load_for_worker(spec) -> CausalLMWithMemory:
+    """Load the model a worker serves (`spec`: a ModelSpec), with its tokenizer as `.tokenizer`. `spec.device`
+    is "cpu" or "cuda" here (the worker resolves "auto")."""
     from transformers import AutoTokenizer
 
     dtype = getattr(torch, spec.dtype)

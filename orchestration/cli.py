@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.rows import StoreError, read_ledger
+from locas import checks
 from locas.config import AdaptConfig, ModelSpec, Settings, option
 from locas.errors import LocasError
 from orchestration.flags import add_flags, from_flags
@@ -34,8 +35,8 @@ class RunOptions(Settings):
                                 "folder of the head (the job's own folder is a temporary copy)")
     num_gpus: int = option(0, "GPU actors, one GPU each; 0 runs on CPU actors")
     num_workers: int = option(1, "CPU actors when --num_gpus is 0")
-    batch_size: int | None = option(None, "PG-19 books adapted at once per actor; unset: on GPUs the method's "
-                                    "batch (locas/none: 8 for NTP, 4 for SD/MIX), else 1")
+    batch_size: int | None = option(None, "PG-19 books adapted at once per actor; unset: on GPUs what the method "
+                                    "and loss allow (e.g. 8 for NTP, 4 for SD/MIX, 1 for LoRA), else 1")
     gpu_timeout: float = option(1200.0, "seconds to wait for the first GPU the autoscaler starts (--num_gpus > 0)")
     cluster_config: str | None = option(None, "the cluster yaml whose node types bound --num_gpus (default: "
                                         "~/ray_bootstrap_config.yaml, which `ray up` leaves on the head)")
@@ -116,34 +117,10 @@ def resolve_output(output: str) -> Path:
     return path.resolve()
 
 
-def check_model(spec: ModelSpec, cfg: AdaptConfig | None = None) -> None:
-    """Fail before anything is written when the checkpoint cannot be found (a folder or a hub id), cannot
-    take the memory asked for, or has fewer positions than a window (or an SD teacher's reading) needs."""
-    path = Path(spec.model).expanduser()
-    looks_local = path.exists() or spec.model.startswith((".", "/", "~")) or spec.model.count("/") > 1
-    if looks_local and not (path / "config.json").is_file():
-        raise LocasError(f"model not found: {path} is not a checkpoint folder (no config.json)")
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(str(path) if looks_local else spec.model,
-                                            trust_remote_code=spec.trust_remote_code)
-    except Exception as e:  # noqa: BLE001 - any failure to resolve the id is the same user error
-        raise LocasError(f"model {spec.model!r} could not be found locally or on the hub: "
-                         f"{str(e).splitlines()[0]}") from None
-    width, act = getattr(config, "intermediate_size", None), getattr(config, "hidden_act", None)
-    if width is None or act not in ("silu", "swish"):
-        raise LocasError(f"model {spec.model!r} ({config.model_type}) has no gated SiLU MLP, which Locas needs")
-    if cfg is None:
-        return
-    if cfg.method == "locas" and cfg.memory_width > width:
-        raise LocasError(f"--memory_width {cfg.memory_width} is larger than the model's MLP ({width} units)")
-    positions = getattr(config, "max_position_embeddings", None)
-    reads = cfg.window_size + (cfg.teacher_tokens if cfg.loss in ("SD", "MIX") and cfg.steps else 0)
-    if positions is not None and reads > positions:
-        teacher = f" plus the SD teacher's {cfg.teacher_tokens} tokens before it" if reads > cfg.window_size else ""
-        raise LocasError(f"--window_size {cfg.window_size}{teacher} is more than the model's {positions} positions: "
-                         "use a smaller window (or --teacher_context)")
+def check_model(spec: ModelSpec, *cfgs: AdaptConfig) -> None:
+    """Fail before anything is written when the checkpoint cannot be found or cannot take a config: the
+    library's checks (`locas.checks`), naming settings by their flags."""
+    checks.check_model(spec, *cfgs, as_flags=True)
 
 
 def batch_size(plan: Plan, pool: RunOptions | None = None) -> int:

@@ -84,7 +84,7 @@ class SweepPlan:
 
 def plan_sweep(argv, parser=None, demo_inputs: Path | None = None, check_models: bool = True) -> SweepPlan:
     """Flags → the sweep's plan: its space expanded into trials, the test split refused (unless allowed), the
-    widest memory checked against the model. Nothing is written."""
+    trial configs checked against the model. Nothing is written."""
     plan = parse(TASKS["pg19"], argv, parser=parser or sweep_parser(), demo_task="sweep", demo_inputs=demo_inputs)
     sweep = from_flags(plan.args, SweepOptions)
     if plan.run.demo and not (sweep.grid or sweep.sample or sweep.space):
@@ -95,7 +95,7 @@ def plan_sweep(argv, parser=None, demo_inputs: Path | None = None, check_models:
     cost_levels(sweep.best_per)
     refuse_test_books(plan.options.data, plan.options.split, allow_test=sweep.allow_test)
     if check_models:
-        check_model(plan.spec, max(configs, key=lambda c: (c.method == "locas", c.memory_width)))
+        check_model(plan.spec, *configs)
     return SweepPlan(plan, sweep, space, configs)
 
 

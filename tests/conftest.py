@@ -32,6 +32,15 @@ def ledger_lines(output) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
 
+def pytest_collection_modifyitems(items):
+    """Tests are marked by what they need: one that uses the session's local Ray is `ray` and `slow` (Ray takes
+    seconds to start), so `-m "not slow"` is the fast inner loop."""
+    for item in items:
+        if "ray_local" in item.fixturenames:
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.slow)
+
+
 def require(path: Path) -> Path:
     """Skip the test when a piece of ../shared is absent (a clone without the shared folder)."""
     if not path.exists():

@@ -137,8 +137,8 @@ def test_load_many_runs_and_trials(tmp_path):
     parent = load_runs(tmp_path / "all")
     assert parent.names == ["x", "y", "z"]
     assert list(parent.trials["memory_width"]) == [32, 64, 128] and set(parent.trials["method"]) == {"locas"}
-    assert tables.sweep_config_columns(parent.trials) == ["loss", "memory_width", "memory_init", "lr",
-                                                          "steps_per_window", "window_size", "lora_rank", "lora_alpha"]
+    assert tables.sweep_config_columns(parent.trials) == ["loss", "lr", "steps_per_window", "window_size",
+                                                          "memory_width", "memory_init", "lora_rank", "lora_alpha"]
     ranked = tables.sweep_table(parent)  # ASHA's early stop is not a result: only completed trials rank
     assert list(ranked["rank"]) == [1, 2] and list(ranked["memory_width"]) == [32, 64]
     assert tables.best_trial(parent)["trial"] == "t32-highest"
@@ -153,9 +153,8 @@ def sweep_trials(trials):
              "lr": 4e-3, "steps_per_window": 1, "window_size": 2048, "lora_rank": 64, "lora_alpha": 64, "ppl": ppl,
              "books_done": 2 if status == "completed" else 1, "books_total": 2, "seconds": 5.0, "status": status,
              "worker_pid": 1, "loads": 1, "node": "n0", "error": None} for width, init, ppl, status in trials]
-    frame = pd.DataFrame(rows)
-    assert list(frame.columns) == TABLE_COLUMNS
-    return frame
+    assert set(rows[0]) == set(TABLE_COLUMNS)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 # --- PG-19 aggregates against hand computations ---------------------------------------------------------

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from test_analysis import QA, grid, mmlu_rows, pg19_rows, qa_rows, sweep_trials, write_run
 
+pytestmark = pytest.mark.slow  # each test executes notebooks
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 

@@ -21,6 +21,8 @@ from analysis.rows import read_ledger, read_manifest, read_rows
 from locas.errors import LocasError
 from orchestration import cli, cluster, run_pg19
 
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 BOOKS = ["31974", "12204", "26618", "4128"]  # the 4 smallest shared books; 2,048 tokens each: a run outlasts

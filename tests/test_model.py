@@ -97,6 +97,7 @@ def test_rows_are_clipped_in_every_forward(tiny_model):
         torch.testing.assert_close(tiny_model(x, memory=scaled).logits, tiny_model(x, memory=unit).logits)
 
 
+@pytest.mark.slow
 def test_to_dense_equals_base_plus_memory_and_leaves_source_untouched(tiny_model, tmp_path):
     x = ids(batch=2)
     memory = trained_like(tiny_model.memorize(x, keep_top=12))

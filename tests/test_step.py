@@ -1,5 +1,6 @@
 """The parts of a window step against independent references: per-slot AdamW against torch's, the chunked
 NLL and KL against whole computations, and the parts a compiled step traces without graph breaks."""
+import pytest
 import torch
 
 from locas import losses
@@ -40,6 +41,7 @@ def test_slot_adamw_stepping_every_slot_in_place_matches_torch_adamw():
         torch.testing.assert_close(param[:, s:s + 1], alone[s])
 
 
+@pytest.mark.slow
 def test_the_parts_of_a_step_trace_into_one_graph_each(tiny_model):
     """What `--compile` compiles (the backbone with the memory in its MLP hooks), the NLL from the hidden
     states and the per-slot optimizer step: torch._dynamo.explain finds no graph break in any of them."""

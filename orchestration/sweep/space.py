@@ -17,9 +17,9 @@ from locas.config import AdaptConfig
 from locas.errors import LocasError
 from orchestration.yaml_file import read_yaml
 
-SWEEPABLE = ("method", "loss", "memory_width", "memory_init", "lr", "steps_per_window", "window_size", "lora_rank",
-             "lora_alpha")
-"""AdaptConfig fields a sweep may vary; their flag aliases (loss_function, steps) are accepted too."""
+SWEEPABLE = tuple(f.name for f in fields(AdaptConfig) if f.metadata.get("sweep"))
+"""AdaptConfig fields a sweep may vary (declared where each is: `option(..., sweep=True)`); their flag aliases
+(loss_function, steps) are accepted too."""
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "lograndint", "choice")
 
 
