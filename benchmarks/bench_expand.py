@@ -2,7 +2,7 @@
 ratio per doubling of the width (issue 23).
 
     python -m benchmarks.bench_expand                          # the tinylm-pg19 shape, CPU, widths 64..2048
-    python -m benchmarks.bench_expand --preset qwen3-1.7b --dtype bfloat16 --window 2048 --widths 64,128,256,512,1024,2048,4096
+    python -m benchmarks.bench_expand --preset qwen3-1.7b --dtype bfloat16 --window 2048 --batch 4   # a GPU: ~45 GiB
 
 The memory is grown as in a run: memorized on the window (`memory_width`), then blocks appended by
 `ExpandingMemory.append` up to each width (blocks memorized on the same window: the step's cost does not
