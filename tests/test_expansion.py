@@ -216,3 +216,10 @@ def test_the_ablations_set_fixed_against_expanding_widths_on_both_tasks(tmp_path
         assert [(c.memory_width, c.expand_every, c.expand_max_width) for c in grown] == [(32, "session", 128)] * 2
         assert grown[0].expand_width < grown[1].expand_width
     assert runs["locomo-frozen-none"][0].options.answer_context == "none"
+
+
+def test_a_block_wider_than_the_mlp_is_refused_before_anything_runs(tiny_model):
+    from locas.checks import check_model_config
+
+    with pytest.raises(LocasError, match="--expand_width 200 is larger than the model's MLP"):
+        check_model_config(tiny_model.config, cfg(expand_width=200, expand_max_width=None), as_flags=True)
