@@ -3,58 +3,56 @@
     from analysis.load import load_runs
     runs = load_runs("runs/pg19-none,runs/pg19-locas")   # or one folder, a list, or a parent folder
     runs                                                   # a short summary: runs, rows, errors
-    runs.windows, runs.books, runs.conversations, runs.qa, runs.mmlu, runs.errors, runs.trials
+    runs.windows, runs.books, runs.conversations, runs.qa, runs.mmlu, runs.errors, runs.trials   # by row kind
 
 Only the rows of ledgered units are read, by the same reader the run store resumes with
-(`analysis.rows`). Every frame is keyed by `run` (the folder's name), `method` and `config_id`, and
-carries the run's manifest config flattened into `cfg_*` columns. pandas only: no torch, no ray.
+(`locas.run_folder`). Every frame is keyed by `run` (the folder's name), `method` and `config_id`, and
+carries the run's manifest config flattened into `cfg_*` columns. The frames are the registered tasks' row
+kinds (`locas.tasks`); a row of a kind no task registers goes to `other`, with a warning. pandas and the
+light parts of the library (`locas.contract`, `locas.run_folder`, the task registry) only: no torch, no ray.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
-from analysis.rows import MANIFEST, ROWS, SUMMARY, iter_rows, read_json, read_manifest
+from locas.contract import ERROR, ERROR_FIELDS, KEYS
+from locas.run_folder import MANIFEST, ROWS, SUMMARY, TRIALS, iter_rows, read_json, read_manifest
+from locas.tasks import row_kinds
 
-KEYS = ["run", "method", "config_id"]
-TRIALS = "trials.csv"
-
-# kind -> the frame it goes to and the columns it always has (beyond the keys), in design.md order.
-KINDS = {
-    "window": ("windows", ["book_id", "window", "start", "scored_tokens", "nll_sum", "cuts", "train_loss", "seconds"]),
-    "book": ("books", ["book_id", "title", "tokens", "scored_tokens", "nll_sum", "ppl", "seconds",
-                       "memorize_seconds", "trainable_params", "error"]),
-    "conversation": ("conversations", ["conversation_id", "tokens", "windows", "seconds", "trainable_params"]),
-    "qa": ("qa", ["conversation_id", "question_id", "category", "question", "gold", "prediction", "f1",
-                  "f1_adversarial_report", "seconds"]),
-    "mmlu": ("mmlu", ["book_id", "variant", "subject", "question_id", "answer", "prediction", "correct"]),
-    "error": ("errors", ["task", "unit_id", "error", "attempts", "traceback"]),
-}
-FRAMES = [frame for frame, _ in KINDS.values()]
 TRIAL_RESULTS = ["ppl", "books_done", "seconds", "status", "loads"]
+OTHER = "other"
+ELSEWHERE = {"trial": TRIALS}
+"""Row kinds whose table is a file of the run folder of its own (a sweep's `trial` rows: its trials.csv)."""
 
 
-@dataclass
+def kinds() -> dict[str, tuple[str, list[str]]]:
+    """kind → the frame it goes to and the columns it always has (beyond the keys): every registered task's
+    row kinds (`locas.tasks`, each task's rows.py) and the error rows every task may write."""
+    return {**row_kinds(), ERROR: ("errors", ERROR_FIELDS)}
+
+
 class Runs:
-    """The tidy frames of one or many runs; `manifests` and `summaries` are keyed by run name."""
+    """The tidy frames of one or many runs, by name (`runs.books`, `runs.qa`: one per row kind of the
+    registered tasks, `errors`, `other` for rows of a kind no task registers, `trials`); `manifests` and
+    `summaries` are keyed by run name."""
 
-    windows: pd.DataFrame
-    books: pd.DataFrame
-    conversations: pd.DataFrame
-    qa: pd.DataFrame
-    mmlu: pd.DataFrame
-    errors: pd.DataFrame
-    trials: pd.DataFrame
-    manifests: dict = field(default_factory=dict)
-    summaries: dict = field(default_factory=dict)
-    paths: dict = field(default_factory=dict)
+    def __init__(self, frames: dict, trials: pd.DataFrame, manifests=None, summaries=None, paths=None):
+        self.frames, self.trials = dict(frames), trials
+        self.manifests, self.summaries, self.paths = manifests or {}, summaries or {}, paths or {}
+
+    def __getattr__(self, name: str) -> pd.DataFrame:
+        frames = self.__dict__.get("frames", {})
+        if name in frames:
+            return frames[name]
+        raise AttributeError(f"no frame {name!r} in these runs; frames: {', '.join(frames)}, trials")
 
     @property
     def names(self) -> list[str]:
@@ -62,9 +60,10 @@ class Runs:
 
     def __repr__(self) -> str:
         lines = [f"Runs: {len(self.paths)} run(s)"]
+        frames = {**self.frames, "trials": self.trials}
         for name, path in self.paths.items():
             manifest = self.manifests.get(name) or {}
-            counts = {frame: int((getattr(self, frame)["run"] == name).sum()) for frame in (*FRAMES, "trials")}
+            counts = {frame: int((rows["run"] == name).sum()) for frame, rows in frames.items()}
             shown = ", ".join(f"{n} {frame}" for frame, n in counts.items() if n) or "no rows"
             lines.append(f"  {name}: {manifest.get('task', '?')} ({path}): {shown}")
         return "\n".join(lines)
@@ -117,9 +116,16 @@ def load_run(folder: str | Path, name: str | None = None) -> Runs:
     by_kind: dict[str, list[dict]] = defaultdict(list)
     for row in iter_rows(folder):
         by_kind[row.get("kind")].append(row)
-    frames = {frame: _frame(by_kind.get(kind, []), columns, run, manifest) for kind, (frame, columns) in KINDS.items()}
-    return Runs(**frames, trials=read_trials(folder, run, manifest), manifests={run: manifest},
-                summaries={run: summary}, paths={run: folder})
+    known = kinds()
+    frames = {frame: _frame(by_kind.pop(kind, []), columns, run, manifest) for kind, (frame, columns) in known.items()}
+    for kind in ELSEWHERE:
+        by_kind.pop(kind, None)
+    if by_kind:
+        warnings.warn(f"{folder}: rows of kind(s) {', '.join(map(str, by_kind))} that no registered task knows "
+                      f"(locas.tasks): they are in `{OTHER}`", stacklevel=2)
+    frames[OTHER] = _frame([r for rows in by_kind.values() for r in rows], ["kind"], run, manifest)
+    return Runs(frames, read_trials(folder, run, manifest), manifests={run: manifest}, summaries={run: summary},
+                paths={run: folder})
 
 
 def _is_run(folder: Path) -> bool:
@@ -154,8 +160,8 @@ def load_runs(spec: str | Path | Iterable[str | Path], base: str | Path | None =
         nonempty = [f for f in frames if len(f)]
         return pd.concat(nonempty, ignore_index=True) if nonempty else frames[0]
 
-    merged = {attr: concat(attr) for attr in FRAMES + ["trials"]}
-    return Runs(**merged, manifests={k: v for r in loaded for k, v in r.manifests.items()},
+    merged = {frame: concat(frame) for frame in loaded[0].frames}
+    return Runs(merged, concat("trials"), manifests={k: v for r in loaded for k, v in r.manifests.items()},
                 summaries={k: v for r in loaded for k, v in r.summaries.items()},
                 paths={k: v for r in loaded for k, v in r.paths.items()})
 

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.frames import pg19_frames, with_keys
 from analysis.load import KEYS
 from analysis.tables import (ADVERSARIAL_REPORT, BOOK, BUCKET_WIDTH, CATEGORIES, book_tokens, completed, locomo_long,
                              segments, sweep_table)
-from analysis.tables.common import pg19_frames, with_keys
 
 
 def _save(figure: Figure, path: str | Path | None) -> Figure:

@@ -63,7 +63,7 @@ def fake_loader(spec):
 
 
 def bench_units(windows: list[int], batch: int = 8):
-    from orchestration.units import Unit
+    from locas.contract import Unit
 
     return [Unit(f"bench:{i}:r", "bench", str(i), size=w, payload={"windows": w}, run_id="r", steps=w, batch=batch)
             for i, w in enumerate(windows)]

@@ -121,7 +121,7 @@ def main(argv=None):
 
     from locas import CausalLMWithMemory
     from locas.config import AdaptConfig
-    from locas.data.pg19 import load_books
+    from locas.tasks.pg19.data import load_books
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHARED / "models" / "tinylm-pg19"))

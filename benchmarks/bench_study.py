@@ -22,18 +22,15 @@ STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
 
 def one_by_one(study: Path, output: Path, workers: int) -> tuple[float, list]:
     """Every ordinary run of the study on actors of its own, as `run_pg19.py` etc. would run them."""
-    from orchestration.cli import execute
+    from orchestration.run import Part, run
     from orchestration.study import plan_study
-    from orchestration.tasks import run_config
 
     loads = []
     start = time.perf_counter()
-    for run in plan_study(study, output, demo=True):
-        for _, plan in run.plans:
+    for study_run in plan_study(study, output, demo=True):
+        for _, plan in study_run.plans:
             plan = dataclasses.replace(plan, run=plan.run.replace(num_workers=workers, no_progress=True))
-            config, run_id = run_config(plan.task.name, plan.spec, plan.cfg, plan.options)
-            _, scheduler = execute(plan, plan.task.units(plan.options, plan.cfg, run_id), config, run_id)
-            loads += scheduler.loads
+            loads += run([Part.of(plan)], plan.run).loads
     return time.perf_counter() - start, loads
 
 

@@ -62,8 +62,8 @@ def result_rows(folders: list[str]) -> list[dict]:
 
 
 def main(argv=None):
-    from locas.data.locomo import load_locomo
     from locas.metrics import score_qa
+    from locas.tasks.locomo.data import load_locomo
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--locomo_repo", required=True, help="a checkout of github.com/snap-research/locomo")

@@ -70,7 +70,7 @@ def lm_eval_scores(model_path: str, tasks: list[str], workdir: Path, shots: int)
 
 def project_scores(model, tokenizer, questions, dev, shots: int, variant: str = "base") -> tuple[list[dict], list[list[float]]]:
     """The project's MMLU rows for the questions, and its letter log-probabilities for the same prompts."""
-    from locas.tasks.mmlu import letter_logprobs, letter_token_ids, prepare_prompts, score_questions
+    from locas.tasks.mmlu.run import letter_logprobs, letter_token_ids, prepare_prompts, score_questions
 
     rows = score_questions(model, tokenizer, questions, dev, shots, variant=variant)
     letters = letter_token_ids(tokenizer)
@@ -84,8 +84,8 @@ def adapt_and_export(stack: contextlib.ExitStack, model, tokenizer, books: str, 
     live until `stack` closes, and save its plain export to `folder`; returns the export."""
     from locas.adapt import adapted
     from locas.config import AdaptConfig
-    from locas.data.pg19 import load_books
-    from locas.tasks.pg19 import book_document
+    from locas.tasks.pg19.data import load_books
+    from locas.tasks.pg19.run import book_document
 
     cfg = AdaptConfig(method="locas", loss="NTP", window_size=512, max_tokens=max_tokens)
     document = book_document(tokenizer, load_books(books, ids=[book_id])[0], cfg)
@@ -111,7 +111,7 @@ def main(argv=None):
     from transformers import AutoTokenizer
 
     from locas import CausalLMWithMemory
-    from locas.data.mmlu import load_mmlu
+    from locas.tasks.mmlu.data import load_mmlu
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHARED / "models" / "tinylm-pg19"))

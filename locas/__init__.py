@@ -1,7 +1,7 @@
 """Locas Memory: a trainable memory MLP beside every frozen FFN of a causal LM.
 
-Heavy modules (torch, transformers) load on first use, so `locas.metrics` and `locas.data` stay light
-for analysis code that never touches a model.
+Heavy modules (torch, transformers) load on first use, so `locas.metrics`, `locas.contract` and the data
+loaders stay light for analysis code that never touches a model.
 """
 from importlib import import_module
 

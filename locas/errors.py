@@ -1,4 +1,5 @@
-"""User-facing errors, and the one shape a failure takes in the results: one line that says what was wrong."""
+"""User-facing errors, and the one shape a failure takes in the results: one line that says what was wrong
+(the error row that carries it is `locas.contract.error_row`)."""
 from __future__ import annotations
 
 
@@ -14,9 +15,3 @@ def one_line(error: BaseException | str, limit: int = 1000) -> str:
     if isinstance(error, BaseException) and not isinstance(error, LocasError):
         text = f"{type(error).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def error_row(error: BaseException | str, **keys) -> dict:
-    """The row a failed item (a book, a question, a whole unit) leaves in the results: kind "error", the keys
-    that name the item, and the failure in one line (docs/design.md)."""
-    return {"kind": "error", **keys, "error": one_line(error)}

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import math
 import typing
 from dataclasses import dataclass, field, fields
 
+from locas.contract import content_id
 from locas.errors import LocasError
 
 
@@ -61,8 +60,7 @@ class Settings:
 
     @property
     def config_id(self) -> str:
-        text = json.dumps({"type": type(self).__name__, **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return content_id({"type": type(self).__name__, **self.to_dict()})
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

@@ -9,19 +9,20 @@ error rows say why; `--retry_failed` runs them again).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.rows import StoreError, read_ledger
 from locas import checks
 from locas.config import AdaptConfig, ModelSpec, Settings, option
+from locas.contract import FAILED
 from locas.errors import LocasError
+from locas.run_folder import SUMMARY, StoreError, read_json, read_ledger
+from locas.tasks import Task, task
 from orchestration.flags import add_flags, from_flags
-from orchestration.tasks import TASKS, Task, resolved, run_config
+from orchestration.tasks import resolved
 
 EXIT_FAILED_UNITS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -82,10 +83,10 @@ def build_parser(task: Task, description: str | None = None,
 
 
 def parse(task: Task, argv, description: str | None = None, parser: argparse.ArgumentParser | None = None,
-          demo_task: str | None = None, demo_inputs: Path | None = None) -> Plan:
+          demo_name: str | None = None, demo_inputs: Path | None = None) -> Plan:
     """Flags → configs (`parser`: a script's own, with flags of its own beside the task's). `--demo` fills in
-    the demo inputs of `demo_task` (default: the task's; made under `demo_inputs`, default the run's own
-    folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
+    the task's demo inputs (`demo_name` names the run, default the task; made under `demo_inputs`, default the
+    run's own folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
     parser = parser or build_parser(task, description)
     args = parser.parse_args(argv)
     if args.output:  # first, so that --demo puts its inputs under the folder the run will use
@@ -93,7 +94,7 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
     if args.demo:
         from orchestration.demo import prepare_demo
 
-        prepare_demo(demo_task or task.name, args, parser, demo_inputs)
+        prepare_demo(task, args, parser, demo_inputs, demo_name)
     if not args.output:
         raise LocasError("--output is required: the run folder where the results go")
     args.output = str(resolve_output(args.output))  # the --demo default too
@@ -123,86 +124,31 @@ def check_model(spec: ModelSpec, *cfgs: AdaptConfig) -> None:
     checks.check_model(spec, *cfgs, as_flags=True)
 
 
-def batch_size(plan: Plan, pool: RunOptions | None = None) -> int:
-    """Documents adapted at once per actor: the run's flag, else on GPUs (the run's, or the pool's it runs
-    in) the method's batch where documents batch (PG-19 under locas or none), else 1 (LoRA, GRPO, LoCoMo and
-    MMLU units run one at a time: more would idle other GPUs)."""
-    if plan.run.batch_size is not None:
-        return plan.run.batch_size
-    on_gpu = (pool or plan.run).num_gpus
-    return plan.cfg.batch_on_gpu() if plan.task.name == "pg19" and on_gpu else 1
+def run_task(task_name: str, argv=None, description: str | None = None) -> int:
+    """An entry script's whole run: parse, check, plan the units, run them (`orchestration.run`), summarize."""
+    from analysis.load import load_run
+    from orchestration.run import Part, run, units_line
 
-
-def execute(plan: Plan, units: list, config: dict, run_id: str):
-    """Start or join Ray, get the GPUs, open the store, run every unit not yet finished; returns (store,
-    scheduler)."""
-    from orchestration.cluster import gpus, start_ray
-
-    if not units:
+    plan = parse(task(task_name), argv, description)
+    check_model(plan.spec, plan.cfg)
+    part = Part.of(plan)
+    if not part.units:
         raise LocasError("nothing to run: the data selection is empty")
     print(f"output: {plan.run.output}", flush=True)
-    local = start_ray(plan.run.demo)
-    with gpus(plan.run.num_gpus, plan.run.gpu_timeout, plan.run.cluster_config, local):
-        return _run_units(plan, units, config, run_id)
-
-
-def _run_units(plan: Plan, units: list, config: dict, run_id: str):
-    import ray
-
-    from orchestration.policy import StepLatency
-    from orchestration.progress import Progress
-    from orchestration.scheduler import Scheduler
-    from orchestration.store import RunStore
-    from orchestration.worker import remote_worker_class
-
-    resources = ray.cluster_resources()
-    store = RunStore(plan.run.output).open(plan.task.name, config, run_id, resources, plan.run.retry_failed)
-    actor_class = remote_worker_class(num_gpus=1 if plan.run.num_gpus else 0)
-    spec, on_gpu = plan.spec, bool(plan.run.num_gpus)
-    task = plan.task
-    progress = Progress(task.name, task.things, task.counts, task.amount, enabled=not plan.run.no_progress)
-    batch = batch_size(plan)
-    latency = StepLatency.parse(plan.run.step_latency) if plan.run.step_latency else None
-    scheduler = Scheduler(lambda: actor_class.remote(spec, require_cuda=on_gpu and spec.device != "cpu"), store,
-                          num_workers=plan.run.num_gpus or plan.run.num_workers, progress=progress, latency=latency)
-    counts = scheduler.run([dataclasses.replace(u, batch=batch) for u in units])
-    print(units_line(counts))
-    known = {(w["node"], w["device"]) for w in store.manifest.get("workers", [])}  # earlier runs of this folder
-    workers = sorted(known | scheduler.workers, key=str)
-    store.update_manifest(workers=[{"node": n, "device": d} for n, d in workers])
-    return store, scheduler
-
-
-def run_task(task_name: str, argv=None, description: str | None = None) -> int:
-    """An entry script's whole run: parse, check, plan the units, run them, summarize."""
-    from analysis.load import load_run
-
-    plan = parse(TASKS[task_name], argv, description)
-    check_model(plan.spec, plan.cfg)
-    config, run_id = run_config(task_name, plan.spec, plan.cfg, plan.options)
-    units = plan.task.units(plan.options, plan.cfg, run_id)
-    store, _ = execute(plan, units, config, run_id)
+    print(units_line(run([part], plan.run).counts))
+    store = part.store
     runs = load_run(store.path)
     table = plan.task.table(runs)
     if len(table):
         print(table.to_string(index=False))
-    summary = plan.task.summary(runs)
-    store.write_summary(summary)
-    print(json.dumps(summary, indent=1))
-    print(f"rows: {store.rows_path}\nsummary: {store.path / 'summary.json'}")
-    failed = sorted(uid for uid, e in read_ledger(store.path).items() if e["status"] == "failed")
+    print(json.dumps(read_json(store.path / SUMMARY), indent=1))
+    print(f"rows: {store.rows_path}\nsummary: {store.path / SUMMARY}")
+    failed = sorted(uid for uid, e in read_ledger(store.path).items() if e["status"] == FAILED)
     if failed:
         print(f"{len(failed)} unit(s) failed (error rows in {store.rows_path.name}, tracebacks in "
               f"{store.path / 'tracebacks'}); rerun with --retry_failed to run them again", file=sys.stderr)
         return EXIT_FAILED_UNITS
     return 0
-
-
-def units_line(counts: dict) -> str:
-    """What a run (or a study) did with its units, for the user."""
-    lost = (f"; {counts['worker_deaths']} worker(s) lost, {counts['requeued']} unit(s) retried"
-            if counts["worker_deaths"] else "")
-    return f"units: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} already finished{lost}"
 
 
 def cli_main(main):

@@ -185,17 +185,14 @@ def configured_gpus(config: dict) -> float:
 def max_gpus(cluster_config: str | None = None) -> tuple[float | None, str]:
     """(the most GPUs the cluster's autoscaling config allows, the file it was read from); (None, "") when no
     config is found (`cluster_config`, else ~/ray_bootstrap_config.yaml, which `ray up` leaves on the head)."""
-    import yaml
+    from orchestration.yaml_file import read_yaml
 
     path = Path(cluster_config or BOOTSTRAP_CONFIG).expanduser()
     if not path.is_file():
         if cluster_config:
             raise LocasError(f"--cluster_config {cluster_config}: no such file")
         return None, ""
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise LocasError(f"--cluster_config {path} cannot be read as a cluster yaml: {e}") from None
+    config = read_yaml(path, f"--cluster_config {path}")
     if not isinstance(config, dict) or "available_node_types" not in config:
         raise LocasError(f"{path} is not a Ray cluster yaml (no available_node_types)")
     return configured_gpus(config), str(path)

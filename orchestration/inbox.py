@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from collections import deque
 
+from locas.contract import Unit
 from locas.documents import Source
-from orchestration.units import Unit
 
 DECISION_WAIT = 1.0
 

@@ -4,35 +4,34 @@
 
 - Units already in their run folder's ledger are skipped (resume). `stores` maps each unit's `run_id` to its
   run folder (a study's runs share the pool), or is one folder for every unit.
-- Actors start as soon as they are made but only receive units once they are up (placed on a node, which on
-  an autoscaling cluster may first have to be launched): work starts on the first actor that comes up and
-  the others join as they arrive.
+- Actors only receive units once they are up (placed on a node, which an autoscaler may first launch): work
+  starts on the first actor up and the others join as they arrive.
 - Each actor runs one long stream (`Worker.run_stream`) and is given units while it runs: a freed slot takes
-  its next unit at once. How many units an actor holds, and which, follows `orchestration.policy`: with a
-  step-latency model (given, or measured on each actor when it comes up) deadline admission runs the
-  longest units alone or in small batches and fills large batches with short ones; without one every actor
-  holds up to a unit's `batch` units (1 for tasks that do not batch). An actor only batches units of one
-  model, task and config; it prefers units of the model it has loaded.
-- A unit that raises inside the worker comes back as an error row (made by the worker); its ledger status
-  is "failed" and the rest go on.
+  its next unit at once. Which units an actor holds follows `orchestration.policy` (with a step-latency
+  model, given or measured on each actor, deadline admission runs the longest units alone or in small
+  batches and fills large batches with short ones; else up to a unit's `batch`), only units of one model,
+  task and config at once, preferring units of the model it has loaded.
+- A unit that raises comes back as an error row (made by the worker); a unit with a failed row is ledgered
+  "failed" (`locas.contract.unit_status`) and the rest go on.
 - An actor that dies (process crash, OOM, node loss) is killed for good and replaced via `make_worker()`. The
   units it held are charged an attempt and retried alone (so an innocent unit that shared the batch with the
   culprit gets a clean attempt), at most `max_attempts` attempts in all, then a failure row.
-- A failure outside any unit (a model does not load, an actor that cannot be created) stops the run with a
-  LocasError; nothing is written for the units it touched, so a rerun retries them.
+- A failure outside any unit (a model does not load, an actor cannot be created) stops the run (LocasError);
+  nothing is written for the units it touched, so a rerun retries them.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from locas.errors import LocasError, error_row, one_line
+from locas.contract import FAILED, Unit, unit_error_rows, unit_status
+from locas.errors import LocasError, one_line
 from orchestration.policy import DeadlineAdmission, Placed, StepLatency
 from orchestration.progress import Progress
 from orchestration.store import RunStore
-from orchestration.units import Unit, row_keys
 
 BATCHES_MEASURED = (1, 2, 4, 8)
 
@@ -66,8 +65,7 @@ class Scheduler:
     `progress` (a Progress, or None) advances per unit; `on_rows(unit, rows, status)` is called after a
     unit is in its folder. `latency` fixes the step-latency model instead of measuring it on each actor.
     `run` returns counts: total, skipped, done, failed, requeued (units retried after their actor died),
-    worker_deaths (actors lost and replaced), seconds.
-    """
+    worker_deaths (actors lost and replaced), seconds."""
 
     def __init__(self, make_worker: Callable[[], object], stores: RunStore | dict, num_workers: int,
                  max_attempts: int = 2, progress: Progress | None = None,
@@ -85,7 +83,6 @@ class Scheduler:
         self.created: list = []  # every handle made here, killed at the end
         self.counts: dict = {}
         self.remaining = 0
-        self.workers: set = set()  # (node, device) of every actor that answered a unit
         self.started = time.monotonic()
 
     def _now(self) -> float:
@@ -171,9 +168,8 @@ class Scheduler:
         try:
             store.append(unit.unit_id, rows, status)
         except LocasError as e:  # rows that are not JSON-able: keep the run going with an error row
-            status = "failed"
-            where = {"node": rows[0].get("node"), "device": rows[0].get("device")} if rows else {}
-            rows = [{**error_row(e, item_id=unit.item_id), "attempts": attempt, **row_keys(unit), **where}]
+            status = FAILED
+            rows = unit_error_rows(unit, e, attempt, rows[0] if rows else {})
             store.append(unit.unit_id, rows, status)
         self.counts["done" if status == "done" else "failed"] += 1
         self.remaining -= 1
@@ -187,34 +183,24 @@ class Scheduler:
         actor.placed.pop(unit_id, None)
         if job is None:
             raise RuntimeError(f"worker returned unit {unit_id!r} it was not given")
-        if rows:
-            self.workers.add((rows[0].get("node"), rows[0].get("device")))
-        status = "failed" if any(r.get("kind") == "error" for r in rows) else "done"
-        self._record(job.unit, rows, status, job.attempt)
+        self._record(job.unit, rows, unit_status(rows), job.attempt)
         self._admit(answering=actor)
 
     # ---- deaths -----------------------------------------------------------------------------------------
     def _death(self, actor: _Actor, err: BaseException) -> None:
-        """An actor died: the units it held are charged an attempt and retried alone (or fail for good after
+        """An actor died: its units are charged an attempt and retried alone (or fail for good after
         max_attempts); a replacement actor is started."""
-        import ray
-
         for job in actor.jobs.values():
             if job.attempt >= self.max_attempts:
                 why = f"worker died on all {job.attempt} attempts; last: {one_line(err, 300)}"
-                row = {**error_row(why, item_id=job.unit.item_id), "attempts": job.attempt,
-                       **row_keys(job.unit), "node": None, "device": None}
-                self._record(job.unit, [row], "failed", job.attempt)
+                self._record(job.unit, unit_error_rows(job.unit, why, job.attempt, {}), FAILED, job.attempt)
             else:
                 self.counts["requeued"] += 1
                 self._push(dataclasses.replace(job, attempt=job.attempt + 1, solo=True))
         self.by_stream.pop(actor.stream, None)
         self.starting.pop(actor.pending_ref, None)
         self.actors.remove(actor)
-        try:
-            ray.kill(actor.handle, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        _kill(actor.handle)
         self.counts["worker_deaths"] += 1
         self._add_actors()
         self._admit()
@@ -273,14 +259,10 @@ class Scheduler:
 
     def run(self, units: list[Unit]) -> dict:
         """Run every unit not yet finished in its run folder; returns the counts."""
-        import ray
-
         units = list(units)
-        seen = set()
-        for u in units:
-            if u.unit_id in seen:
-                raise LocasError(f"unit {u.unit_id} is listed twice; unit ids must be unique")
-            seen.add(u.unit_id)
+        twice = [uid for uid, n in Counter(u.unit_id for u in units).items() if n > 1]
+        if twice:
+            raise LocasError(f"unit {twice[0]} is listed twice; unit ids must be unique")
         todo = [u for u in units if u.unit_id not in self.store(u).finished()]
         self.counts = {"total": len(units), "skipped": len(units) - len(todo), "done": 0, "failed": 0,
                        "requeued": 0, "worker_deaths": 0, "seconds": 0.0}
@@ -303,9 +285,15 @@ class Scheduler:
             if self.progress is not None:
                 self.progress.close()
             for handle in self.created:
-                try:
-                    ray.kill(handle, no_restart=True)
-                except Exception:  # noqa: BLE001 - already dead
-                    pass
+                _kill(handle)
         self.counts["seconds"] = self._now()
         return self.counts
+
+
+def _kill(handle) -> None:
+    """Kill an actor for good (one already gone is fine)."""
+    import ray
+    try:
+        ray.kill(handle, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass

@@ -1,6 +1,6 @@
-"""The run store: one folder per run, written by the driver alone, read by anyone (`analysis.rows` reads).
+"""The run store: one folder per run, written by the driver alone, read by anyone (`locas.run_folder` reads).
 
-The format and the reading rules are in `analysis/rows.py` (docs/design.md). Writing:
+The format and the reading rules are in `locas/run_folder.py` (docs/design.md). Writing:
 - A unit's rows are appended (flushed and fsynced), then its ledger line.
 - A torn last line (a crash mid-write) is cut off when the store is reopened for writing, so the next
   append starts on a fresh line.
@@ -20,10 +20,20 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-from analysis.rows import LEDGER, MANIFEST, ROWS, STATUSES, SUMMARY, iter_rows, parse_line, read_ledger, read_manifest
+from locas.contract import DONE, FAILED, STATUSES
 from locas.errors import LocasError
+from locas.run_folder import (
+    LEDGER,
+    MANIFEST,
+    ROWS,
+    SUMMARY,
+    TRACEBACKS,
+    iter_rows,
+    parse_line,
+    read_ledger,
+    read_manifest,
+)
 
-TRACEBACKS = "tracebacks"
 PACKAGES = ("torch", "transformers", "peft", "ray", "datasets", "pandas", "locas")
 
 
@@ -60,7 +70,7 @@ def _cut_torn_tail(path: Path) -> None:
     """End the file on a newline so the next append starts on a line of its own.
 
     An unterminated last line is cut off, unless it is a whole JSON object missing only its newline (readers
-    already trust that one, see analysis.rows.read_jsonl), which gets its newline.
+    already trust that one, see locas.run_folder.read_jsonl), which gets its newline.
     """
     if not path.exists():
         return
@@ -211,7 +221,7 @@ class RunStore:
             }
         _write_json_atomic(self.path / MANIFEST, self.manifest, "config")
         self._finished = {uid for uid, entry in read_ledger(self.path).items()
-                          if not (retry_failed and entry["status"] == "failed")}
+                          if not (retry_failed and entry["status"] == FAILED)}
         return self
 
     def finished(self) -> set[str]:
@@ -220,7 +230,7 @@ class RunStore:
             raise RuntimeError("RunStore.open(...) must be called before finished")
         return set(self._finished)
 
-    def append(self, unit_id: str, rows: list[dict], status: str = "done") -> None:
+    def append(self, unit_id: str, rows: list[dict], status: str = DONE) -> None:
         """Append a finished unit: its rows (flushed and fsynced), then its ledger line."""
         if self.manifest is None:
             raise RuntimeError("RunStore.open(...) must be called before append")

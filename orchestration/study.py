@@ -20,7 +20,6 @@ with books of the same config. `OUT/study.json` says where every run stands.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -28,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from locas.errors import LocasError
-from orchestration.cli import (Plan, RunOptions, batch_size, build_parser, check_model, parse, resolve_output,
-                               units_line)
-from orchestration.tasks import TASKS, run_config
+from locas.tasks import TASKS
+from locas.tasks import task as registered
+from orchestration.cli import Plan, RunOptions, build_parser, check_model, parse, resolve_output
 from orchestration.yaml_file import read_yaml
 
 TASK_NAMES = (*TASKS, "sweep")
@@ -73,10 +72,10 @@ def _argv(values: dict, where: str) -> list[str]:
 
 def _parser(task: str) -> argparse.ArgumentParser:
     if task == "sweep":
-        from orchestration.run_sweep import sweep_parser
+        from orchestration.sweep.plan import sweep_parser
 
         return sweep_parser(StrictParser)
-    return build_parser(TASKS[task], parser_class=StrictParser)
+    return build_parser(registered(task), parser_class=StrictParser)
 
 
 def _flags(parser: argparse.ArgumentParser) -> set[str]:
@@ -125,38 +124,23 @@ def plan_study(path, output, demo: bool = False, check_models: bool = True) -> l
 
 def _study_run(name: str, task: str, argv: list[str], demo_inputs: Path, check_models: bool) -> StudyRun:
     if task == "sweep":
-        from orchestration.run_sweep import plan_sweep
+        from orchestration.sweep.plan import plan_sweep
 
         sweep = plan_sweep(argv, parser=_parser("sweep"), demo_inputs=demo_inputs, check_models=check_models)
         return StudyRun(name, task, [(f"{name}/{p.cfg.config_id}", p) for p in sweep.trials])
-    plan = parse(TASKS[task], argv, parser=_parser(task), demo_inputs=demo_inputs)
+    plan = parse(registered(task), argv, parser=_parser(task), demo_inputs=demo_inputs)
     if check_models:
         check_model(plan.spec, plan.cfg)
     return StudyRun(name, task, [(name, plan)])
 
 
-@dataclass
-class _Part:
-    """An ordinary run of the study: its folder, plan, run id and store."""
-
-    run: StudyRun
-    folder: str
-    plan: Plan
-    config: dict
-    run_id: str
-    store: object = None
-    units: int = 0
-    done: int = 0
-    failed: int = 0
-
-
-def _status(output: Path, path, parts: list[_Part], state: str) -> None:
+def _status(output: Path, path, parts: list, state: str) -> None:
     """Write OUT/study.json: where every run stands."""
     status = {"study": str(Path(path).resolve()), "state": state,
               "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "runs": {p.folder: {"task": p.plan.task.name, "run_id": p.run_id, "units": p.units, "done": p.done,
-                                  "failed": p.failed,
-                                  "status": "finished" if p.done + p.failed >= p.units else "running"}
+              "runs": {p.label: {"task": p.plan.task.name, "run_id": p.run_id, "units": len(p.units), "done": p.done,
+                                 "failed": p.failed,
+                                 "status": "finished" if p.done + p.failed >= len(p.units) else "running"}
                        for p in parts}}
     tmp = output / (STUDY_JSON + ".tmp")
     tmp.write_text(json.dumps(status, indent=1) + "\n")
@@ -164,23 +148,26 @@ def _status(output: Path, path, parts: list[_Part], state: str) -> None:
 
 
 def run_study(path, pool: RunOptions, report: bool = True) -> int:
-    """Run every unit of the study not yet finished on one pool of actors, then write each run's summary, each
+    """Run every unit of the study not yet finished on one pool of actors (`orchestration.run`), then write each
     sweep's trials.csv, study.json and (`report`) the report. Returns the exit code (1 when any unit failed)."""
-    from orchestration.cluster import gpus, start_ray
+    from orchestration.run import Part, run, units_line
 
     output = resolve_output(pool.output)
     runs = plan_study(path, output, pool.demo)
-    parts = [_Part(run, folder, plan, *run_config(plan.task.name, plan.spec, plan.cfg, plan.options))
-             for run in runs for folder, plan in run.plans]
+    members = {run.name: [Part.of(plan, output / folder, folder) for folder, plan in run.plans] for run in runs}
+    parts = [part for run in runs for part in members[run.name]]
     seen = {}
     for part in parts:
         if part.run_id in seen:
-            raise LocasError(f"{path}: runs {seen[part.run_id]} and {part.folder} are the same run (same task, "
+            raise LocasError(f"{path}: runs {seen[part.run_id]} and {part.label} are the same run (same task, "
                              "model, settings and data): keep one")
-        seen[part.run_id] = part.folder
-    local = start_ray(pool.demo)
-    with gpus(pool.num_gpus, pool.gpu_timeout, pool.cluster_config, local):  # asked for, the first one up
-        _run_parts(path, output, runs, parts, pool)
+        seen[part.run_id] = part.label
+    result = run(parts, pool, on_update=lambda part: _status(output, path, parts, "running"))
+    print(f"{units_line(result.counts)}; model loads per actor: {result.loads}")
+    for run_ in runs:
+        if run_.task == "sweep":
+            _write_trials(output / run_.name, members[run_.name])
+    _status(output, path, parts, "finished")
     print(f"study: {output / STUDY_JSON}")
     if report:
         from analysis.report import write_report
@@ -190,62 +177,10 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
     return 1 if any(p.failed for p in parts) else 0
 
 
-def _run_parts(path, output: Path, runs: list[StudyRun], parts: list[_Part], pool: RunOptions) -> None:
-    """Open every part's store, run their units not yet finished on one pool of actors, write each part's
-    summary, each sweep's trials.csv and study.json; Ray is up and the pool's GPUs asked for."""
-    import ray
-
+def _write_trials(folder: Path, trials: list) -> None:
+    """A sweep's trials.csv (the run_sweep.py columns) from its trials' run folders."""
     from analysis.load import load_run
-    from orchestration.policy import StepLatency
-    from orchestration.progress import Progress, StudyProgress
-    from orchestration.scheduler import Scheduler
-    from orchestration.store import RunStore
-    from orchestration.worker import remote_worker_class
-
-    resources = ray.cluster_resources()
-    units, bars = [], {}
-    for position, part in enumerate(parts):
-        part.store = RunStore(output / part.folder).open(part.plan.task.name, part.config, part.run_id, resources,
-                                                         pool.retry_failed)
-        batch = batch_size(part.plan, pool)
-        made = [dataclasses.replace(u, spec=part.plan.spec, batch=batch)
-                for u in part.plan.task.units(part.plan.options, part.plan.cfg, part.run_id)]
-        finished = part.store.finished()
-        part.units, part.done = len(made), sum(u.unit_id in finished for u in made)
-        units += made
-        task = part.plan.task
-        bars[part.run_id] = Progress(part.folder, task.things, task.counts, task.amount, not pool.no_progress, position)
-    by_run = {p.run_id: p for p in parts}
-    _status(output, path, parts, "running")
-
-    def on_rows(unit, rows, status):
-        part = by_run[unit.run_id]
-        setattr(part, "done" if status == "done" else "failed", getattr(part, "done" if status == "done" else "failed") + 1)
-        _status(output, path, parts, "running")
-
-    on_gpu = bool(pool.num_gpus)
-    actor_class = remote_worker_class(num_gpus=1 if on_gpu else 0)
-    require_cuda = on_gpu and all(p.plan.spec.device != "cpu" for p in parts)
-    latency = StepLatency.parse(pool.step_latency) if pool.step_latency else None
-    scheduler = Scheduler(lambda: actor_class.remote(parts[0].plan.spec, require_cuda=require_cuda),
-                          {p.run_id: p.store for p in parts}, num_workers=pool.num_gpus or pool.num_workers,
-                          progress=StudyProgress(bars), on_rows=on_rows, latency=latency)
-    counts = scheduler.run(units)
-    print(f"{units_line(counts)}; model loads per actor: {scheduler.loads}")
-    for part in parts:
-        part.store.write_summary(part.plan.task.summary(load_run(part.store.path)))
-    for run in runs:
-        if run.task == "sweep":
-            _write_trials(output / run.name, [p for p in parts if p.run is run])
-    _status(output, path, parts, "finished")
-
-
-def _write_trials(folder: Path, trials: list[_Part]) -> None:
-    """A sweep's trials.csv (the run_sweep.py columns) from its trial runs, best first."""
-    import pandas as pd
-
-    from analysis.load import load_run
-    from orchestration.sweep.driver import TABLE_COLUMNS, TRIALS_CSV, config_columns
+    from orchestration.sweep.trials import config_columns, write_trials_csv
 
     rows = []
     for part in trials:
@@ -253,10 +188,9 @@ def _write_trials(folder: Path, trials: list[_Part]) -> None:
         books = load_run(part.store.path).books
         failed = summary.get("errors") or summary.get("stopped")
         rows.append({"trial": part.plan.cfg.config_id, **config_columns(part.plan.cfg), "ppl": summary.get("ppl"),
-                     "books_done": summary.get("books"), "books_total": part.units,
+                     "books_done": summary.get("books"), "books_total": len(part.units),
                      "seconds": float(books["seconds"].sum()) if len(books) else None,
                      "status": "error" if failed else "completed", "worker_pid": None, "loads": None,
                      "node": ", ".join(sorted(set(books["node"].dropna()))) if len(books) else None,
                      "error": f"{failed} book(s) failed or stopped" if failed else None})
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS).sort_values(["status", "ppl"], kind="stable")
-    table.to_csv(folder / TRIALS_CSV, index=False)
+    write_trials_csv(folder, rows)

@@ -11,7 +11,7 @@ and `give`s units as slots free; each unit's rows reach the driver as soon as th
     for ref in stream:
         unit_id, rows = ray.get(ref)
 
-Every runner takes a source of units and yields (unit_id, rows) as each finishes (`orchestration.tasks`);
+Every runner takes a source of units and yields (unit_id, rows) as each finishes (each task's `task.py`);
 consecutive units of one model, task and config go to it together: documents batched along the memory's
 batch axis, a freed slot taking the next unit at once. A unit that raises becomes one error row and the
 worker goes on. A failure outside any unit (the model does not load, no CUDA where a GPU was asked for)
@@ -27,10 +27,10 @@ import traceback
 from typing import Callable, Iterator
 
 from locas.config import ModelSpec
+from locas.contract import Unit, row_keys, unit_error_rows
 from locas.documents import Source
-from locas.errors import LocasError, error_row
+from locas.errors import LocasError
 from orchestration.inbox import Inbox
-from orchestration.units import Unit, row_keys
 
 
 def _release_device_memory() -> None:
@@ -64,9 +64,10 @@ class Worker:
     units through the task runners.
 
     `spec`: the model of units that name none. `loader(spec) -> model` and `runners` (task → runner) are
-    injectable (tests pass fakes); by default the model loads through locas and the runners are
-    `orchestration.tasks`'. `require_cuda`: the actor was given a GPU, so running on the CPU (a broken CUDA)
-    is refused. How many documents of one group it adapts at once is its units' `batch`.
+    injectable (tests pass fakes); by default the model loads through locas and the runners are the
+    registered tasks' (`locas.tasks`; the run path passes those of its run). `require_cuda`: the actor was
+    given a GPU, so running on the CPU (a broken CUDA) is refused. How many documents of one group it adapts
+    at once is its units' `batch`.
     """
 
     def __init__(self, spec: ModelSpec, runners: dict | None = None, loader: Callable | None = None,
@@ -144,10 +145,10 @@ class Worker:
                 rows = [dict(r) for r in rows]
             except Exception as e:  # noqa: BLE001 - a runner that returned something else than dicts
                 error, trace = e, "".join(traceback.format_exception(e))
+        where = {"node": self.node, "device": self.device}
         if error is not None:
-            rows = [{**error_row(error, item_id=unit.item_id), "attempts": self.attempts.get(unit.unit_id, 1),
-                     "traceback": trace}]
-        keys = {**row_keys(unit), "node": self.node, "device": self.device}
+            return unit_error_rows(unit, error, self.attempts.get(unit.unit_id, 1), where, trace)
+        keys = {**row_keys(unit), **where}
         return [{**row, **keys} for row in rows]
 
     def _run_group(self, units: Source) -> Iterator[tuple[str, list[dict]]]:

@@ -1,4 +1,5 @@
-"""Reading the YAML files users write (study files, sweep spaces): a missing file or a syntax error is one line."""
+"""Reading the YAML files users write (study files, sweep spaces, cluster configs): a missing file or a syntax
+error is one line."""
 from __future__ import annotations
 
 from pathlib import Path

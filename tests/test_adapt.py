@@ -10,11 +10,11 @@ from conftest import PG19_BOOKS, require
 from locas import losses
 from locas.adapt import Adapter
 from locas.config import AdaptConfig
-from locas.data.pg19 import Book
 from locas.documents import sliding_windows
 from locas.errors import LocasError
 from locas.methods import make_method
-from locas.tasks.pg19 import book_document, run_pg19_book, run_pg19_books
+from locas.tasks.pg19.data import Book
+from locas.tasks.pg19.run import book_document, run_pg19_book, run_pg19_books
 from locas.tiny import sample_text
 
 
@@ -267,7 +267,7 @@ def test_a_tokenizer_that_adds_a_bos_starts_the_book_with_it_unscored(tiny_model
 
     from tokenizers.processors import TemplateProcessing
 
-    from locas.tasks.pg19 import adds_bos, book_tokens
+    from locas.tasks.pg19.run import adds_bos, book_tokens
 
     llama_style = copy.deepcopy(tokenizer)
     llama_style.bos_token = "<|endoftext|>"
@@ -283,9 +283,9 @@ def test_a_tokenizer_that_adds_a_bos_starts_the_book_with_it_unscored(tiny_model
 
 def test_window_rows_keep_their_nll_split_at_every_50k(tiny_model, tokenizer, monkeypatch):
     """The cut a window carries is the sum of its tokens' NLL before the cut (here every 50 positions)."""
-    import locas.tasks.pg19 as pg19_task
+    import locas.tasks.pg19.run as pg19_task
 
-    monkeypatch.setattr(pg19_task, "CUT_EVERY", 50)
+    monkeypatch.setattr(pg19_task, "BUCKET_WIDTH", 50)
     c = cfg(method="none")
     doc = book_document(tokenizer, book(words=150), c)
     rows = run_pg19_book(tiny_model, tokenizer, book(words=150), c)[:-1]

@@ -5,85 +5,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from run_rows import BOOK_A, BOOK_B, QA, common, frame, grid, mmlu_rows, pg19_rows, qa_rows, sweep_trials, write_run
 
 from analysis import plots, tables
 from analysis.load import load_run, load_runs
-from analysis.rows import StoreError
-
-# --- a small run store, written exactly as docs/design.md says -----------------------------------------
-
-
-def write_run(folder, task, config, run_id, rows, *, tail="", ledger_tail="", trials=None):
-    """manifest.json, rows.jsonl (rows in order), ledger.jsonl (one line per unit after its rows)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = {"task": task, "config": config, "run_id": run_id, "code_version": "test",
-                "packages": {"pandas": pd.__version__}, "resources": {"gpus": 1}, "created": "2026-01-01T00:00:00"}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    units = {}
-    for row in rows:
-        units.setdefault(row["unit_id"], []).append(row)
-    with open(folder / "rows.jsonl", "w") as out:
-        for row in rows:
-            out.write(json.dumps(row) + "\n")
-        out.write(tail)
-    with open(folder / "ledger.jsonl", "w") as out:
-        for unit, unit_rows in units.items():
-            status = "failed" if any(r["kind"] == "error" for r in unit_rows) else "done"
-            out.write(json.dumps({"unit_id": unit, "status": status, "rows": len(unit_rows)}) + "\n")
-        out.write(ledger_tail)
-    (folder / "summary.json").write_text(json.dumps({"units": len(units)}))
-    if trials is not None:
-        trials.to_csv(folder / "trials.csv", index=False)
-    return folder
-
-
-def common(task, item, method, config_id, kind):
-    return {"kind": kind, "task": task, "unit_id": f"{task}:{item}:{config_id}", "config_id": config_id,
-            "method": method, "node": "n0", "device": "cuda:0"}
-
-
-def cuts(start, scored, per_token, every=50_000):
-    """What the task writes: the window's NLL before each multiple of 50K inside its scored positions."""
-    first = (start // every + 1) * every
-    return [[n, per_token * (n - start)] for n in range(first, start + scored, every)]
-
-
-def pg19_rows(method, config_id, book_id, windows, *, seconds=1.0, trainable_params=0, title=None, error=None):
-    """windows: [(start, scored_tokens, nll per token)] -> window rows and the book row."""
-    rows = []
-    for index, (start, scored, per_token) in enumerate(windows):
-        rows.append({**common("pg19", book_id, method, config_id, "window"), "book_id": book_id, "window": index,
-                     "start": start, "scored_tokens": scored, "nll_sum": per_token * scored,
-                     "cuts": cuts(start, scored, per_token), "train_loss": None if method == "none" else per_token,
-                     "seconds": seconds})
-    tokens = windows[-1][0] + windows[-1][1]
-    nll = sum(s * p for _, s, p in windows)
-    scored = sum(s for _, s, _ in windows)
-    rows.append({**common("pg19", book_id, method, config_id, "book"), "book_id": book_id,
-                 "title": title or book_id, "tokens": tokens, "scored_tokens": scored, "nll_sum": nll,
-                 "ppl": math.exp(nll / scored), "seconds": seconds * len(windows),
-                 "trainable_params": trainable_params, "error": error})
-    return rows
-
-
-def grid(tokens, window, per_token):
-    """The windows of a book of `tokens` tokens (overlap 1), with nll per token `per_token(k, start)`."""
-    out, start, k = [], 1, 0
-    while start < tokens:
-        scored = min(window - 1, tokens - start)
-        out.append((start, scored, per_token(k, start)))
-        start, k = start + scored, k + 1
-    return out
-
-
-# Book a: 130K tokens, 5 windows; book b: 70K tokens, 2 windows (starts, scored, nll/token), by hand. The
-# windows at 30K (a and b: 35K) straddle 50K and a's at 90K straddles 100K: they carry cuts there.
-BOOK_A = [(1, 29_999, 3.0), (30_000, 30_000, 2.9), (60_000, 30_000, 2.8), (90_000, 30_000, 2.7), (120_000, 10_000, 2.6)]
-BOOK_B = [(1, 34_999, 3.2), (35_000, 35_000, 3.1)]
-
-
-def frame(rows, kind):
-    return pd.DataFrame([r for r in rows if r["kind"] == kind]).assign(run="r")
+from locas.run_folder import StoreError
 
 
 @pytest.fixture
@@ -143,18 +69,6 @@ def test_load_many_runs_and_trials(tmp_path):
     assert list(ranked["rank"]) == [1, 2] and list(ranked["memory_width"]) == [32, 64]
     assert tables.best_trial(parent)["trial"] == "t32-highest"
     assert "Runs: 3 run(s)" in repr(parent) and "5 windows" in repr(parent) and "3 trials" in repr(parent)
-
-
-def sweep_trials(trials):
-    """A sweep's trials.csv as the sweep driver writes it (orchestration/sweep/driver.py TABLE_COLUMNS)."""
-    from orchestration.sweep.driver import TABLE_COLUMNS
-
-    rows = [{"trial": f"t{width}-{init}", "method": "locas", "loss": "NTP", "memory_width": width, "memory_init": init,
-             "lr": 4e-3, "steps_per_window": 1, "window_size": 2048, "lora_rank": 64, "lora_alpha": 64, "ppl": ppl,
-             "books_done": 2 if status == "completed" else 1, "books_total": 2, "seconds": 5.0, "status": status,
-             "worker_pid": 1, "loads": 1, "node": "n0", "error": None} for width, init, ppl, status in trials]
-    assert set(rows[0]) == set(TABLE_COLUMNS)
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 # --- PG-19 aggregates against hand computations ---------------------------------------------------------
@@ -326,19 +240,6 @@ def test_cost_table_by_hand():
 
 # --- LoCoMo and MMLU ------------------------------------------------------------------------------------------
 
-QA = [  # (category, f1, f1_adversarial_report)
-    (1, 0.5, None), (1, 1.0, None), (2, 0.0, None), (2, 0.25, None), (2, 0.5, None), (3, 0.2, None),
-    (4, 1.0, None), (4, 0.0, None), (5, 1.0, -0.2), (5, 0.0, -0.6),
-]
-
-
-def qa_rows(method, config_id, scores):
-    return [{**common("locomo", "conv-1", method, config_id, "qa"), "conversation_id": "conv-1",
-             "question_id": f"q{i}", "category": category, "question": f"question {i}?", "gold": "gold",
-             "prediction": "pred", "f1": f1, "f1_adversarial_report": report, "seconds": 0.1}
-            for i, (category, f1, report) in enumerate(scores)]
-
-
 def test_locomo_f1_per_category_by_hand():
     records = qa_rows("locas", "c1", QA)
     qa = frame(records, "qa")
@@ -350,13 +251,6 @@ def test_locomo_f1_per_category_by_hand():
     assert row["questions"] == len(QA)
     summary = tables.locomo_summary(qa)
     assert summary["f1_multi_hop"] == pytest.approx(75.0) and summary["f1_adversarial_report"] == pytest.approx(-40.0)
-
-
-def mmlu_rows(method, config_id, variant, book_id, answers):
-    """answers: [(subject, question_id, prediction)]; the gold answer is always 0."""
-    return [{**common("mmlu", book_id or "base", method, config_id, "mmlu"), "book_id": book_id, "variant": variant,
-             "subject": subject, "question_id": qid, "answer": 0, "prediction": pred, "correct": pred == 0}
-            for subject, qid, pred in answers]
 
 
 def test_mmlu_micro_macro_and_agreement_by_hand():

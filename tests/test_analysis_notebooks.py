@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_analysis import QA, grid, mmlu_rows, pg19_rows, qa_rows, sweep_trials, write_run
+from run_rows import QA, grid, mmlu_rows, pg19_rows, qa_rows, sweep_trials, write_run
 
 pytestmark = pytest.mark.slow  # each test executes notebooks
 

@@ -17,8 +17,8 @@ import yaml
 from conftest import PG19_BOOKS, TINYLM, ledger_lines, require, wait_for
 from fakecluster import FakeCluster, free_port
 
-from analysis.rows import read_ledger, read_manifest, read_rows
 from locas.errors import LocasError
+from locas.run_folder import read_ledger, read_manifest, read_rows
 from orchestration import cli, cluster, run_pg19
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

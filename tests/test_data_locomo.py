@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from locas.data.locomo import NOT_MENTIONED, QA, build_question_prompt, load_locomo, render_conversation, render_session
 from locas.errors import LocasError
+from locas.tasks.locomo.data import (
+    NOT_MENTIONED,
+    QA,
+    build_question_prompt,
+    load_locomo,
+    render_conversation,
+    render_session,
+)
 
 LOCOMO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "locomo" / "locomo10.json"
 

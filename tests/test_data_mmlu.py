@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from locas.data.mmlu import LETTERS, Question, build_prompt, load_mmlu
 from locas.errors import LocasError
+from locas.tasks.mmlu.data import LETTERS, Question, build_prompt, load_mmlu
 
 MMLU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmlu"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from locas.data.pg19 import Book, load_books
 from locas.errors import LocasError
+from locas.tasks.pg19.data import Book, load_books
 
 PG19 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pg19"
 
@@ -110,7 +110,7 @@ def test_a_crlf_folder_book_and_the_hub_copy_give_the_same_tokens_and_rows(tmp_p
     from transformers import AutoTokenizer
 
     from locas.config import AdaptConfig
-    from locas.tasks.pg19 import book_tokens, run_pg19_book
+    from locas.tasks.pg19.run import book_tokens, run_pg19_book
 
     folder = tmp_path / "official"
     folder.mkdir()

@@ -12,8 +12,8 @@ import pytest
 from conftest import PG19_BOOKS, ledger_lines, require, wait_for
 
 from analysis.load import load_run
-from analysis.rows import read_manifest, read_rows
 from analysis.tables import pg19_table
+from locas.run_folder import read_manifest, read_rows
 from locas.tiny import sample_text
 from orchestration import run_pg19
 
@@ -185,11 +185,15 @@ def test_run_mmlu_retention_end_to_end(ray_local, tiny_path, books, tmp_path):
 
 
 def test_defaults_are_safe_and_fit_the_device():
-    from orchestration.cli import batch_size, parse
-    from orchestration.tasks import TASKS
+    from locas.tasks import task as registered
+    from orchestration.cli import parse
+    from orchestration.tasks import documents_at_once
 
     def plan(*argv, task="pg19"):
-        return parse(TASKS[task], ["--output", "x", *argv])
+        return parse(registered(task), ["--output", "x", *argv])
+
+    def batch_size(plan):
+        return documents_at_once(plan.task, plan.cfg, bool(plan.run.num_gpus), plan.run.batch_size)
 
     assert plan().spec.trust_remote_code is False and plan("--trust_remote_code").spec.trust_remote_code
     assert batch_size(plan()) == 1 and batch_size(plan("--num_gpus", "2")) == 8

@@ -9,14 +9,15 @@ import torch
 
 from locas.adapt import Adapter
 from locas.config import AdaptConfig
-from locas.data.locomo import load_locomo
-from locas.data.pg19 import Book
+from locas.tasks.locomo.data import load_locomo
+from locas.tasks.pg19.data import Book
 from locas.errors import LocasError
 from locas.expanding_memory import ExpandingMemory
 from locas.optim import SlotAdamW
-from locas.tasks.locomo import conversation_document, run_locomo_conversation
-from locas.tasks.pg19 import book_document, run_pg19_books
-from locas.tiny import sample_conversation, sample_text
+from locas.tasks.locomo.run import conversation_document, run_locomo_conversation
+from locas.tasks.pg19.run import book_document, run_pg19_books
+from locas.tasks.locomo.demo import sample_conversation
+from locas.tiny import sample_text
 
 NEW_FIELDS = ("expand_every", "expand_width", "expand_max_width")
 

@@ -7,12 +7,12 @@ import torch
 from conftest import PG19_BOOKS, require
 from test_expansion import CheckedExpansion
 
-from analysis.rows import read_rows
+from locas.run_folder import read_rows
 from locas import CausalLMWithMemory
 from locas.adapt import Adapter, adapted
 from locas.config import AdaptConfig
-from locas.data.pg19 import load_books
-from locas.tasks.pg19 import book_document
+from locas.tasks.pg19.data import load_books
+from locas.tasks.pg19.run import book_document
 
 SETTINGS = {"window_size": 256, "memory_width": 16, "expand_every": "512", "expand_width": 8, "max_tokens": 1536,
             "lr": 1e-2}

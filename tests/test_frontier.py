@@ -7,7 +7,7 @@ import pytest
 
 from locas.config import AdaptConfig, ModelSpec
 from locas.errors import LocasError
-from orchestration.run_sweep import plan_sweep
+from orchestration.sweep.plan import plan_sweep
 from orchestration.study import plan_study
 from orchestration.sweep.frontier import best_per_level, cost_levels, write_frontier
 

@@ -4,9 +4,9 @@ turn rows into figures are tested in test_analysis.py."""
 
 import pytest
 
-from locas.data.locomo import NOT_MENTIONED, resolve_choice
 from locas.errors import LocasError
 from locas.metrics import normalize_answer, score_qa, token_f1
+from locas.tasks.locomo.data import NOT_MENTIONED, resolve_choice
 
 
 def test_normalize_drops_commas_punctuation_and_articles():

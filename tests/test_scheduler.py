@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from analysis.rows import read_ledger, read_rows
 from locas.config import ModelSpec
+from locas.contract import Unit
 from locas.errors import LocasError
+from locas.run_folder import read_ledger, read_rows
 from orchestration.progress import Progress
 from orchestration.scheduler import Scheduler
 from orchestration.store import RunStore
-from orchestration.units import Unit
 from orchestration.worker import remote_worker_class
 
 

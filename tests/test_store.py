@@ -5,8 +5,8 @@ import pickle
 
 import pytest
 
-from analysis.rows import StoreError, read_ledger, read_manifest, read_rows
 from locas.errors import LocasError
+from locas.run_folder import StoreError, read_ledger, read_manifest, read_rows
 from orchestration.store import RunStore
 
 CONFIG = {"method": "locas", "lr": 4e-3, "window_size": 1024}

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.rows import read_ledger, read_rows
 from locas.config import AdaptConfig, ModelSpec
-from locas.data.pg19 import refuse_test_books as refuse_test_split
 from locas.errors import LocasError
+from locas.run_folder import read_ledger, read_rows
+from locas.tasks.pg19.data import refuse_test_books as refuse_test_split
 from orchestration.run_sweep import main
 from orchestration.sweep import trial
 from orchestration.sweep.driver import best_command, trial_resources
@@ -135,8 +135,8 @@ def test_trial_resources():
 
 
 def test_best_command_runs_the_setting_on_the_test_split():
+    from locas.tasks import task
     from orchestration.cli import parse
-    from orchestration.tasks import TASKS
 
     cfg = AdaptConfig(method="lora", memory_width=16, memory_init="random", loss="SD", lr=1e-3, window_size=512,
                       max_tokens=5000)
@@ -148,7 +148,7 @@ def test_best_command_runs_the_setting_on_the_test_split():
         assert flag in cmd
     import shlex
 
-    plan = parse(TASKS["pg19"], shlex.split(cmd)[2:])  # the printed flags give the same configs back
+    plan = parse(task("pg19"), shlex.split(cmd)[2:])  # the printed flags give the same configs back
     assert plan.cfg == cfg.replace(max_tokens=None) and plan.spec == spec and plan.options.split == "test"
 
 
@@ -196,10 +196,10 @@ def test_a_4_trial_grid_writes_one_row_per_trial(ray_local, tiny_path, dev_books
     command = next(line for line in printed.splitlines() if line.startswith("python orchestration/run_pg19.py"))
     import shlex
 
+    from locas.tasks import task
     from orchestration.cli import parse
-    from orchestration.tasks import TASKS
 
-    plan = parse(TASKS["pg19"], shlex.split(command)[2:])  # the best setting, on the test split
+    plan = parse(task("pg19"), shlex.split(command)[2:])  # the best setting, on the test split
     assert (plan.cfg.memory_width, plan.cfg.memory_init) == (best["memory_width"], best["memory_init"])
     assert plan.options.split == "test" and plan.cfg.window_size == 64
     summary = json.loads((out / "summary.json").read_text())

@@ -6,14 +6,14 @@ import torch
 
 import locas.adapt
 import locas.methods
-import locas.tasks.locomo as locomo_task
+import locas.tasks.locomo.run as locomo_task
 from locas.config import AdaptConfig
-from locas.data.locomo import NOT_MENTIONED, load_locomo, render_conversation
 from locas.errors import LocasError
 from locas.memory import VALUE
 from locas.metrics import score_qa
-from locas.tasks.locomo import (answer_questions, conversation_document, generate_answers, locomo_config,
-                                run_locomo_conversation, session_chunks)
+from locas.tasks.locomo.data import NOT_MENTIONED, load_locomo, render_conversation
+from locas.tasks.locomo.run import (answer_questions, conversation_document, generate_answers, locomo_config,
+                                    run_locomo_conversation, session_chunks)
 
 QA_FIELDS = {"kind", "conversation_id", "question_id", "category", "question", "gold", "prediction", "f1",
              "f1_adversarial_report", "seconds"}

@@ -6,12 +6,12 @@ import torch
 from conftest import SHARED, require
 
 from locas.config import AdaptConfig
-from locas.data.mmlu import LETTERS, Question, build_prompt, load_mmlu
-from locas.data.pg19 import Book
 from locas.errors import LocasError
 from locas.memory import VALUE
 from locas.tasks.batching import left_pad, length_batches
-from locas.tasks.mmlu import letter_logprobs, letter_token_ids, run_mmlu_base, run_mmlu_retention, score_questions
+from locas.tasks.mmlu.data import LETTERS, Question, build_prompt, load_mmlu
+from locas.tasks.mmlu.run import letter_logprobs, letter_token_ids, run_mmlu_base, run_mmlu_retention, score_questions
+from locas.tasks.pg19.data import Book
 from locas.tiny import sample_text
 
 MMLU_FIELDS = {"kind", "book_id", "variant", "subject", "question_id", "answer", "prediction", "correct"}
@@ -127,7 +127,7 @@ def _retention(tiny_model, tokenizer, questions, method, **kw):
 @pytest.mark.parametrize("method,kw", [("locas", {"lr": 3e-2}), ("lora", {"lr": 1e-3, "lora_dropout": 0.0}),
                                        ("none", {})])
 def test_retention_memory_and_dense_agree_on_generated_questions(tiny_model, tokenizer, method, kw, monkeypatch):
-    import locas.tasks.mmlu as mmlu_task
+    import locas.tasks.mmlu.run as mmlu_task
 
     scored = []  # the letter log-probabilities of each scoring call: memory, then dense, then base
 
@@ -163,7 +163,7 @@ def test_retention_on_real_questions(tiny_model, tokenizer):
 
 
 def test_a_failing_batch_is_retried_question_by_question(tiny_model, tokenizer, monkeypatch):
-    import locas.tasks.mmlu as mmlu_task
+    import locas.tasks.mmlu.run as mmlu_task
 
     questions = generated_questions(6)
     bad = tokenizer(build_prompt(questions[2]), add_special_tokens=False).input_ids

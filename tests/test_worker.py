@@ -4,8 +4,8 @@ import sys
 import pytest
 
 from locas.config import ModelSpec
+from locas.contract import Unit
 from locas.errors import LocasError
-from orchestration.units import Unit
 from orchestration.worker import Worker, remote_worker_class
 
 SPEC = ModelSpec(model="fake-model", device="cpu")
@@ -108,9 +108,9 @@ def test_an_actor_with_a_gpu_but_no_cuda_refuses_to_run_on_the_cpu(monkeypatch):
 
 def test_the_default_loader_and_runners_run_the_tiny_checkpoint(tiny_path):
     from locas.config import AdaptConfig
-    from locas.data.pg19 import Book
+    from locas.tasks import make_unit
+    from locas.tasks.pg19.data import Book
     from locas.tiny import sample_text
-    from orchestration.tasks import make_unit
 
     w = Worker(ModelSpec(model=str(tiny_path), dtype="float32", device="cpu"))
     book = Book("b", None, sample_text(200))

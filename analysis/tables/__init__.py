@@ -2,12 +2,14 @@
 (`summary.json`), the notebooks and any pandas session all call these. pandas and numpy only.
 
 Every function takes what `analysis.load.load_runs` returns (`tables.pg19_table(runs)`) or the frames
-themselves. Groups are `by = ["run", "method", "config_id"]` unless told otherwise.
+themselves. A task's own tables live in its folder (`locas/tasks/<name>/tables.py`) and show here by name;
+the comparisons across runs are `analysis.tables.comparisons`. Groups are `by = ["run", "method", "config_id"]` unless told otherwise.
 
 PG-19. A window row scores positions [start, start + scored_tokens) and keeps its NLL sum split at every
-multiple of 50,000 inside them (`cuts`), so every figure below counts exactly the tokens it names:
-- PPL@N = exp(Σ NLL / Σ scored tokens) over the scored tokens among each book's first N tokens, pooled
-  over the books (token-weighted). `ppl@N` pools every book (a shorter book gives all its tokens);
+multiple of 50,000 inside them (`cuts`, `locas.contract.BUCKET_WIDTH`), so every figure below counts exactly
+the tokens it names:
+- PPL@N = exp(Σ NLL / Σ scored tokens) (`locas.contract.ppl`) over the scored tokens among each book's first
+  N tokens, pooled over the books (token-weighted). `ppl@N` pools every book (a shorter book gives all its tokens);
   `ppl@N_reaching` only the books with at least N tokens (`reach@N` of them): every position up to N then
   counts the same books. The paper-style headline is `ppl@N_reaching`. `mean_book_ppl@N` is the plain mean
   of those books' own PPL@N.
@@ -21,16 +23,9 @@ multiple of 50,000 inside them (`cuts`), so every figure below counts exactly th
   windows only; per book they also need the identical window grid.
 """
 
-from analysis.tables.answers import (
-                                     ADVERSARIAL_REPORT,
-                                     CATEGORIES,
-                                     locomo_long,
-                                     locomo_summary,
-                                     locomo_table,
-                                     mmlu_summary,
-                                     mmlu_table,
-)
-from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS, pooled_ppl
+from importlib import import_module
+
+from analysis.frames import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS
 from analysis.tables.comparisons import (
                                      answer_deltas,
                                      book_deltas,
@@ -40,21 +35,14 @@ from analysis.tables.comparisons import (
                                      paired_mean_bootstrap,
                                      retention_deltas,
 )
-from analysis.tables.pg19 import (
-                                     book_ppl,
-                                     book_tokens,
-                                     completed,
-                                     pg19_summary,
-                                     pg19_table,
-                                     pg19_view,
-                                     segments,
-                                     stopped_books,
-)
 from analysis.tables.sweeps import best_trial, sweep_config_columns, sweep_table
+from locas.tasks import TASKS
 
-__all__ = ["ADVERSARIAL_REPORT", "BOOK", "BUCKET_WIDTH", "CATEGORIES", "PPL_AT", "SETTINGS", "answer_deltas",
-           "best_trial", "paired_mean_bootstrap", "retention_deltas",
-           "book_deltas", "book_ppl", "book_tokens", "completed", "cost_table", "delta_table", "locomo_long",
-           "locomo_summary", "locomo_table", "mmlu_summary", "mmlu_table", "paired_bootstrap", "pg19_summary",
-           "pg19_table", "pg19_view", "pooled_ppl", "segments", "stopped_books", "sweep_config_columns",
+__all__ = ["BOOK", "BUCKET_WIDTH", "PPL_AT", "SETTINGS", "answer_deltas", "best_trial", "book_deltas", "cost_table",
+           "delta_table", "paired_bootstrap", "paired_mean_bootstrap", "retention_deltas", "sweep_config_columns",
            "sweep_table"]
+
+for _package in TASKS.values():  # every registered task's tables (its folder's tables.py), under one name
+    _tables = import_module(f"{_package}.tables")
+    globals().update({name: getattr(_tables, name) for name in _tables.__all__})
+    __all__ += _tables.__all__

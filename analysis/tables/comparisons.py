@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from analysis.frames import BOOK, PPL_AT, SETTINGS, exp_ratio, pg19_frames, with_keys
 from analysis.load import KEYS, Runs
-from analysis.tables.common import BOOK, PPL_AT, SETTINGS, exp_ratio, pg19_frames, with_keys
-from analysis.tables.pg19 import book_tokens, completed, first_tokens, segments, stopped_books, without_books
+from locas.tasks.pg19.tables import book_tokens, completed, first_tokens, segments, stopped_books, without_books
 
 # --- comparisons ------------------------------------------------------------------------------------------
 
@@ -185,7 +185,7 @@ def answer_deltas(data, *, baseline: str = "none", baseline_run: str | None = No
                   seed: int = 0) -> pd.DataFrame:
     """LoCoMo: per non-baseline group and category (both adversarial rules), the mean F1 × 100 difference
     from a comparable baseline group on the same questions, with its paired bootstrap interval."""
-    from analysis.tables.answers import ADVERSARIAL_REPORT, CATEGORIES
+    from locas.tasks.locomo.tables import ADVERSARIAL_REPORT, CATEGORIES
 
     qa = _settings(with_keys(data.qa if isinstance(data, Runs) else data)[0])
     is_base = qa["method"] == baseline

@@ -1,8 +1,7 @@
-"""Data loaders for the three tasks: `pg19` (books), `locomo` (conversations), `mmlu` (questions).
-
-Import the task module you need (`from locas.data.pg19 import load_books`). This file holds only
-what the loaders share: telling a local folder from a Hugging Face dataset id, and loading one split
-of a dataset (a hub id or a local dataset folder) through `datasets`, with any failure as one line.
+"""What the task folders' data loaders share (each task's own loader is its folder's `data.py`, e.g.
+`from locas.tasks.pg19.data import load_books`): telling a local folder from a Hugging Face dataset id, and
+loading one split of a dataset (a hub id or a local dataset folder) through `datasets`, with any failure as
+one line.
 """
 
 from __future__ import annotations

@@ -13,28 +13,23 @@ callbacks) show them; a trial whose node is lost is restarted from its last book
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.tables import best_trial
 from locas.config import AdaptConfig, ModelSpec
-from locas.data.pg19 import Book
+from locas.contract import DONE, FAILED, content_id, trial_unit_id
 from locas.errors import LocasError, one_line
+from locas.tasks.pg19.data import Book
 from orchestration.flags import to_flags
 from orchestration.sweep.space import SWEEPABLE
 from orchestration.sweep.trial import run_trial
+from orchestration.sweep.trials import STATUSES, config_columns, trial_table, write_trials_csv
 
 TASK = "pg19-sweep"
-TRIALS_CSV = "trials.csv"
 TUNE_DIR = "tune"
-TABLE_COLUMNS = ["trial", "method", *[name for name in SWEEPABLE if name != "method"], "ppl", "books_done",
-                 "books_total", "seconds", "status", "worker_pid", "loads", "node", "error"]
-STATUSES = ("completed", "stopped", "error")  # ran every book / stopped early by ASHA / failed
 
 
 @dataclass
@@ -51,44 +46,15 @@ class SweepResult:
 def store_config(spec: ModelSpec, data: str, split: str, books: list[Book]) -> tuple[dict, str]:
     """What every trial of this run folder shares (model, data, books), and its run id. The space is not
     part of it, so a wider space on the same --output reuses the finished trials."""
-    from locas.data.pg19 import TEXT_NORMALIZATION
+    from locas.tasks.pg19.data import TEXT_NORMALIZATION
 
     config = {"task": TASK, "model": spec.to_dict(), "data": str(data), "split": split,
               "books": [b.book_id for b in books], "text": TEXT_NORMALIZATION}
-    return config, hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return config, content_id(config)
 
 
-def config_columns(cfg: AdaptConfig) -> dict:
-    """The table's config columns, with the method's effective lr and steps."""
-    values = {name: getattr(cfg, name) for name in SWEEPABLE}
-    return {**values, "lr": cfg.learning_rate, "steps_per_window": cfg.steps}
-
-
-def trial_unit_id(cfg: AdaptConfig) -> str:
-    return f"sweep:pg19:{cfg.config_id}"
-
-
-def trial_table(store):
-    """The `trial` rows of the store in TABLE_COLUMNS order: completed first (best PPL first), then stopped,
-    then failed."""
-    import pandas as pd
-
-    rows = [r for r in store.rows() if r.get("kind") == "trial"]
-    if not rows:
-        return pd.DataFrame(columns=TABLE_COLUMNS)
-    df = pd.DataFrame([{c: r.get(c) for c in TABLE_COLUMNS} for r in rows])
-    order = df["status"].map({s: i for i, s in enumerate(STATUSES)})
-    df = df.assign(_o=order).sort_values(["_o", "ppl"], na_position="last", kind="stable").drop(columns="_o")
-    return df.reset_index(drop=True)
-
-
-def write_trials_csv(store) -> Path:
-    """Rewrite OUT/trials.csv atomically from the store."""
-    path = store.path / TRIALS_CSV
-    tmp = path.with_name(path.name + ".tmp")
-    trial_table(store).to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+def trial_rows(store) -> list[dict]:
+    return [r for r in store.rows() if r.get("kind") == "trial"]
 
 
 def best_command(cfg: AdaptConfig, spec: ModelSpec, test_data: str, num_gpus: int = 0) -> str:
@@ -123,7 +89,7 @@ def trial_resources(num_gpus: float, gpus_per_trial: float | None, cluster: dict
 
 def _store_writer(store, configs: dict, books_total: int, stopped_by_asha: set, progress):
     """The driver's only writer: collects each trial's book rows and, when it ends, appends them and a
-    `trial` row to the store with a ledger line, then rewrites trials.csv."""
+    `trial` row to the store with a ledger line, then rewrites trials.csv (`sweep.trials`)."""
     from ray.tune import Callback
 
     class StoreWriter(Callback):
@@ -166,9 +132,9 @@ def _store_writer(store, configs: dict, books_total: int, stopped_by_asha: set, 
                    "nll_sum": last.get("nll_sum"), "scored_tokens": last.get("scored_tokens"),
                    "seconds": last.get("seconds"), "status": status, "worker_pid": last.get("worker_pid"),
                    "loads": last.get("loads"), "node": last.get("node"), "error": error}
-            books = [{**book, "unit_id": trial_unit_id(cfg)} for book in self.books.get(cid, [])]
-            store.append(trial_unit_id(cfg), books + [row], status="failed" if status == "error" else "done")
-            write_trials_csv(store)
+            books = [{**book, "unit_id": trial_unit_id(cfg.config_id)} for book in self.books.get(cid, [])]
+            store.append(trial_unit_id(cfg.config_id), books + [row], status=FAILED if status == "error" else DONE)
+            write_trials_csv(store.path, trial_rows(store))
             if progress is not None and status != "completed":
                 progress.update(max(0, books_total - row["books_done"]))
 
@@ -214,7 +180,7 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
     import ray
     from ray import tune
 
-    from locas.data.pg19 import test_source
+    from locas.tasks.pg19.data import test_source
     from orchestration.store import RunStore
 
     if not configs:
@@ -231,7 +197,7 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
     store = RunStore(output).open(TASK, config, run_id, cluster)
     finished = store.finished()
     by_id = {c.config_id: c for c in configs}
-    todo = [c for c in configs if trial_unit_id(c) not in finished]
+    todo = [c for c in configs if trial_unit_id(c.config_id) not in finished]
     skipped = len(configs) - len(todo)
     todo = todo[:max_trials]
     if todo:
@@ -267,10 +233,12 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
             if bar is not None:
                 bar.close()
     finished = store.finished()
-    ran = sum(trial_unit_id(c) in finished for c in todo)
-    remaining = [c.config_id for c in configs if trial_unit_id(c) not in finished]
-    csv_path = write_trials_csv(store)
-    table = trial_table(store)
+    ran = sum(trial_unit_id(c.config_id) in finished for c in todo)
+    remaining = [c.config_id for c in configs if trial_unit_id(c.config_id) not in finished]
+    csv_path = write_trials_csv(store.path, trial_rows(store))
+    table = trial_table(trial_rows(store))
+    from analysis.tables import best_trial
+
     best = best_trial(table)
     command = None
     if best is not None:

@@ -14,10 +14,11 @@ import os
 import tempfile
 import time
 
-from analysis.tables import pooled_ppl
 from locas.config import AdaptConfig, ModelSpec
+from locas.contract import ppl, row_failed
 from locas.errors import one_line
-from orchestration.tasks import make_unit
+from locas.tasks import make_unit, task
+from orchestration.tasks import documents_at_once
 from orchestration.worker import Worker
 
 _PROCESS: dict = {}  # the trial process's Worker, kept across the trials it runs
@@ -82,7 +83,7 @@ def run_trial(config: dict, *, configs: dict, books: list, spec: ModelSpec, gpu:
         state["scored_tokens"] += row["scored_tokens"]
     started = time.time()
     try:
-        batch = batch_size or (cfg.batch_on_gpu() if gpu else 1)
+        batch = documents_at_once(task("pg19"), cfg, gpu, batch_size)
         worker = process_worker(spec, require_cuda=gpu and spec.device != "cpu")
         finished_ids = {row["book_id"] for row in done}
         units = [dataclasses.replace(make_unit("pg19", b.book_id, len(b.text), cfg, "sweep", b), batch=batch)
@@ -94,12 +95,12 @@ def run_trial(config: dict, *, configs: dict, books: list, spec: ModelSpec, gpu:
             done.append(row)
             state["books_done"] += 1
             state["book_json"] = json.dumps(row)
-            if row.get("kind") == "error" or row.get("error"):
+            if row_failed(row):
                 state["trial_error"] = f"book {row.get('book_id', row.get('item_id'))}: {row['error']}"
             else:
                 state["nll_sum"] += row["nll_sum"]
                 state["scored_tokens"] += row["scored_tokens"]
-            state["ppl"] = pooled_ppl(state["nll_sum"], state["scored_tokens"])
+            state["ppl"] = ppl(state["nll_sum"], state["scored_tokens"])
             state["seconds"] = time.time() - started
             _report(dict(state), done)
             if state["trial_error"]:

@@ -1,16 +1,15 @@
-"""What the tables share: the keys, grouping that also works for a single group, and JSON-able numbers."""
+"""What the tables share (analysis.tables' and each task folder's tables.py): the keys, grouping that also
+works for a single group, and JSON-able numbers."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
 
 from analysis.load import KEYS, Runs
+from locas.contract import BUCKET_WIDTH  # noqa: F401 - the depth buckets, re-exported for the tables
 
 PPL_AT = (50_000, 100_000, 150_000, 200_000)
-BUCKET_WIDTH = 50_000
 BOOK = "book_id"
 SETTINGS = ["cfg_model_model", "cfg_model_dtype", "cfg_options_data", "cfg_options_split", "cfg_adapt_max_tokens",
             "cfg_adapt_window_size", "cfg_adapt_overlap"]
@@ -37,13 +36,8 @@ def grouped(frame: pd.DataFrame, by: list[str]):
 
 
 def exp_ratio(nll, tokens):
+    """The PPL rule (`locas.contract.ppl`) over columns: exp(NLL / tokens), NaN where nothing is scored."""
     return np.exp(nll / tokens.where(tokens > 0))
-
-
-def pooled_ppl(nll_sum: float, scored_tokens: float) -> float:
-    """exp(Σ NLL / Σ scored tokens); NaN when nothing is scored."""
-    return math.exp(nll_sum / scored_tokens) if scored_tokens else math.nan
-
 
 
 def merge(table: pd.DataFrame, part: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -58,3 +52,15 @@ def number(value, whole: bool = False):
     if value is None or pd.isna(value):
         return None
     return float(value) if isinstance(value, (float, np.floating)) and not whole else int(value)
+
+
+def width_summary(units: pd.DataFrame | None) -> dict:
+    """An expanding memory's widths for a run's summary, from its book or conversation rows: `final_width` (the
+    widest unit's; `final_width_min` the narrowest's) and `trainable_params` (the widest unit's); {} for a fixed
+    width (its width is the config's `memory_width`)."""
+    if units is None or "final_width" not in units.columns or not units["final_width"].notna().any():
+        return {}
+    grown = units[units["final_width"].notna()]
+    return {"final_width": number(grown["final_width"].max(), whole=True),
+            "final_width_min": number(grown["final_width"].min(), whole=True),
+            "trainable_params": number(grown["trainable_params"].max(), whole=True)}

@@ -6,9 +6,12 @@ import warnings
 
 import pandas as pd
 
+from analysis.frames import (BOOK, BUCKET_WIDTH, PPL_AT, exp_ratio, grouped, merge, number, pg19_frames, width_summary,
+                             with_keys)
 from analysis.load import KEYS, Runs
-from analysis.tables.common import BOOK, BUCKET_WIDTH, PPL_AT, exp_ratio, grouped, merge, number, pg19_frames, with_keys
-from analysis.tables.widths import width_summary
+
+__all__ = ["book_ppl", "book_tokens", "completed", "pg19_summary", "pg19_table", "pg19_view", "segments",
+           "stopped_books"]  # what analysis.tables shows of them
 
 # --- PG-19: which rows count -------------------------------------------------------------------------------
 
@@ -186,3 +189,8 @@ def book_ppl(data, books: pd.DataFrame | None = None, *, ns=PPL_AT, width: int =
         keep += [f"ppl@{n}", f"bucket@{n}", f"templora_ppl@{n}", f"reaches@{n}"]
     return table[keep + ["ppl", "templora_ppl"]]
 
+
+
+def book_table(runs) -> pd.DataFrame:
+    """What a PG-19 run prints when it ends: one row per book."""
+    return runs.books[["book_id", "method", "tokens", "ppl", "seconds", "trainable_params", "error"]]

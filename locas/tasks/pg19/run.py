@@ -8,15 +8,12 @@ import torch
 
 from locas.adapt import adapt_documents
 from locas.config import AdaptConfig
-from locas.data.pg19 import Book
+from locas.contract import BUCKET_WIDTH, error_row, ppl
 from locas.documents import Document, DocumentResult, Source, WindowResult, sliding_windows
-from locas.errors import LocasError, error_row
+from locas.errors import LocasError
 from locas.expansion import final_width, window_width
 from locas.model import CausalLMWithMemory
-
-CUT_EVERY = 50_000
-"""Window NLL sums are also kept split at every multiple of this position, so PPL@N (N a multiple) counts
-exactly the scored tokens before N even when a window straddles N (docs/protocols.md)."""
+from locas.tasks.pg19.data import Book
 
 
 def adds_bos(tokenizer) -> bool:
@@ -44,11 +41,11 @@ def book_document(tokenizer, book: Book, cfg: AdaptConfig) -> Document:
 
 
 def window_cuts(token_nll: torch.Tensor, window: WindowResult) -> list[list]:
-    """[[N, NLL sum of the window's scored tokens before N], ...] for each multiple N of CUT_EVERY strictly
+    """[[N, NLL sum of the window's scored tokens before N], ...] for each multiple N of BUCKET_WIDTH strictly
     inside the window's scored positions [start, start + scored_tokens); token_nll[p − 1] is token p's."""
-    first = (window.start // CUT_EVERY + 1) * CUT_EVERY
+    first = (window.start // BUCKET_WIDTH + 1) * BUCKET_WIDTH
     return [[n, float(token_nll[window.start - 1:n - 1].double().sum())]
-            for n in range(first, window.start + window.scored_tokens, CUT_EVERY)]
+            for n in range(first, window.start + window.scored_tokens, BUCKET_WIDTH)]
 
 
 def book_rows(result: DocumentResult, book: Book) -> list[dict]:
@@ -61,7 +58,7 @@ def book_rows(result: DocumentResult, book: Book) -> list[dict]:
     scored, nll = result.scored_tokens, result.nll_sum
     book_row = {"kind": "book", "book_id": book.book_id, "title": book.title, "tokens": len(result.doc.tokens),
                 "scored_tokens": scored, "nll_sum": nll,
-                "ppl": math.exp(nll / scored) if scored and math.isfinite(nll) else None,
+                "ppl": ppl(nll, scored) if scored and math.isfinite(nll) else None,
                 "seconds": result.seconds, "memorize_seconds": result.memorize_seconds,
                 "trainable_params": result.trainable_params, "error": result.error, **final_width(result)}
     return windows + [book_row]

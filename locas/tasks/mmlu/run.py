@@ -1,6 +1,6 @@
 """MMLU as a forgetting check (SPEC §8): letter log-probability scoring, and the retention unit.
 
-Scoring: the prompt of `locas.data.mmlu.build_prompt` ends with "Answer:"; the model's answer is the
+Scoring: the prompt of `locas.tasks.mmlu.data.build_prompt` ends with "Answer:"; the model's answer is the
 letter whose token has the highest log-probability (log-softmax over the whole vocabulary) at the next
 position. The letter tokens are the LAST token id of `tokenizer(" A")` ... `tokenizer(" D")`: one token
 for Qwen/Llama tokenizers (" A" is a single token), and for a tokenizer that splits the space off, the
@@ -26,10 +26,11 @@ import torch
 
 from locas.adapt import adapted
 from locas.config import AdaptConfig
-from locas.data.mmlu import LETTERS, Question, build_prompt
-from locas.data.pg19 import Book
-from locas.errors import LocasError, error_row, one_line
+from locas.contract import error_row
+from locas.errors import LocasError, one_line
 from locas.tasks.batching import context_limit, in_batches, left_pad, model_device, pad_id_of
+from locas.tasks.mmlu.data import LETTERS, Question, build_prompt
+from locas.tasks.pg19.data import Book
 
 VARIANTS = ("base", "memory", "dense")
 
@@ -131,7 +132,7 @@ def run_mmlu_retention(model, tokenizer, book: Book, questions: Sequence[Questio
     """One unit = (book, method): adapt on the whole book (PG-19 windows), then score every question with
     the adapted state live (`memory`) and with its plain export (`dense`). A non-finite loss during
     adaptation stops the unit with a LocasError (scores under a broken state would mean nothing)."""
-    from locas.tasks.pg19 import book_document
+    from locas.tasks.pg19.run import book_document
 
     doc = book_document(tokenizer, book, cfg)
     prepared = prepare_prompts(tokenizer, questions, dev, k, context_limit(model))

@@ -1,11 +1,14 @@
-"""The run folder's format and its one reader: standard library only, used by the run store (to resume)
-and by `analysis.load` (to read results), so both trust exactly the same rows (docs/design.md).
+"""The run folder's format and its one reader: standard library only, the contract's side of the stack, used
+by the run store (to resume) and by `analysis.load` (to read results), so both trust exactly the same rows
+(docs/design.md).
 
 ```
 OUT/manifest.json   the run's config, ids, versions, resources (JSON object)
 OUT/rows.jsonl      append-only, one JSON row per line
 OUT/ledger.jsonl    one line {"unit_id", "status": "done"|"failed", "rows": n} per finished unit, after its rows
 OUT/summary.json    the run's headline figures
+OUT/tracebacks/     one file per failed unit: its full traceback
+OUT/trials.csv      a sweep's trials, best first
 ```
 - A unit is finished when its ledger line exists. Its rows are the last `n` rows carrying its `unit_id` (n
   from the ledger): the partial rows of an earlier attempt cut short between its rows and its ledger line
@@ -20,8 +23,10 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from locas.contract import STATUSES
+
 MANIFEST, ROWS, LEDGER, SUMMARY = "manifest.json", "rows.jsonl", "ledger.jsonl", "summary.json"
-STATUSES = ("done", "failed")
+TRACEBACKS, TRIALS = "tracebacks", "trials.csv"
 
 
 class StoreError(ValueError):

@@ -42,14 +42,23 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from locas.adapt import adapted
 from locas.config import AdaptConfig
-from locas.data.locomo import (ADVERSARIAL, NOT_MENTIONED, QA, Conversation, build_question_prompt, render_conversation,
-                               render_session, resolve_choice)
+from locas.contract import error_row
 from locas.documents import Document, chunk_windows
-from locas.errors import LocasError, error_row
+from locas.errors import LocasError
 from locas.expansion import final_width
 from locas.metrics import score_qa
 from locas.model import CausalLMWithMemory
 from locas.tasks.batching import context_limit, in_batches, left_pad, pad_id_of
+from locas.tasks.locomo.data import (
+    ADVERSARIAL,
+    NOT_MENTIONED,
+    QA,
+    Conversation,
+    build_question_prompt,
+    render_conversation,
+    render_session,
+    resolve_choice,
+)
 
 ANSWER_CONTEXTS = ("full", "none")
 CONTEXT_MODES = ("date_split",)
