@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import statistics
 
@@ -77,7 +78,7 @@ def measure(model, cfg: AdaptConfig, widths: list[int], batch: int, repeats: int
         figures.append({"width": width, "step_seconds": statistics.median(r[width] for r in rounds),
                         "state_mib": state_bytes(method) / 2**20, "step_extra_mib": extra[width],
                         "trainable_params": model.parameter_count(method.memory)})
-    for before, after in zip(figures, figures[1:]):
+    for before, after in itertools.pairwise(figures):
         after["step_ratio"] = statistics.median(r[after["width"]] / r[before["width"]] for r in rounds)
         after["state_ratio"] = after["state_mib"] / before["state_mib"]
     return figures

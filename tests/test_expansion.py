@@ -9,14 +9,14 @@ import torch
 
 from locas.adapt import Adapter
 from locas.config import AdaptConfig
-from locas.tasks.locomo.data import load_locomo
-from locas.tasks.pg19.data import Book
 from locas.errors import LocasError
 from locas.expanding_memory import ExpandingMemory
 from locas.optim import SlotAdamW
-from locas.tasks.locomo.run import conversation_document, run_locomo_conversation
-from locas.tasks.pg19.run import book_document, run_pg19_books
+from locas.tasks.locomo.data import load_locomo
 from locas.tasks.locomo.demo import sample_conversation
+from locas.tasks.locomo.run import conversation_document, run_locomo_conversation
+from locas.tasks.pg19.data import Book
+from locas.tasks.pg19.run import book_document, run_pg19_books
 from locas.tiny import sample_text
 
 NEW_FIELDS = ("expand_every", "expand_width", "expand_max_width")
@@ -204,7 +204,8 @@ def test_the_ablations_set_fixed_against_expanding_widths_on_both_tasks(tmp_path
     fixed = {p.cfg.memory_width for p in runs["width"]}
     small, large = (runs[f"pg19-expand-{size}"][0].cfg for size in ("small", "large"))
     for c in (small, large):  # from a fixed width to another, reached at the same token
-        assert {c.memory_width, c.expand_max_width} <= fixed and (c.expand_max_width - c.memory_width) % c.expand_width == 0
+        assert {c.memory_width, c.expand_max_width} <= fixed
+        assert (c.expand_max_width - c.memory_width) % c.expand_width == 0
     assert small.expand_width < large.expand_width and small.memory_width == large.memory_width
     assert [(c.expand_max_width - c.memory_width) // c.expand_width * int(c.expand_every) for c in (small, large)] \
         == [49152, 49152]

@@ -7,10 +7,10 @@ import torch
 from conftest import PG19_BOOKS, require
 from test_expansion import CheckedExpansion
 
-from locas.run_folder import read_rows
 from locas import CausalLMWithMemory
 from locas.adapt import Adapter, adapted
 from locas.config import AdaptConfig
+from locas.run_folder import read_rows
 from locas.tasks.pg19.data import load_books
 from locas.tasks.pg19.run import book_document
 

@@ -7,9 +7,9 @@ import pytest
 
 from locas.config import AdaptConfig, ModelSpec
 from locas.errors import LocasError
-from orchestration.sweep.plan import plan_sweep
 from orchestration.study import plan_study
 from orchestration.sweep.frontier import best_per_level, cost_levels, write_frontier
+from orchestration.sweep.plan import plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,18 @@ import warnings
 
 import pandas as pd
 
-from analysis.frames import (BOOK, BUCKET_WIDTH, PPL_AT, exp_ratio, grouped, merge, number, pg19_frames, width_summary,
-                             with_keys)
+from analysis.frames import (
+    BOOK,
+    BUCKET_WIDTH,
+    PPL_AT,
+    exp_ratio,
+    grouped,
+    merge,
+    number,
+    pg19_frames,
+    width_summary,
+    with_keys,
+)
 from analysis.load import KEYS, Runs
 
 __all__ = ["book_ppl", "book_tokens", "completed", "pg19_summary", "pg19_table", "pg19_view", "segments",
