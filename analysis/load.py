@@ -143,16 +143,21 @@ def _folders(spec: str | Path | Iterable[str | Path], base: Path) -> list[Path]:
     return folders
 
 
-def load_runs(spec: str | Path | Iterable[str | Path], base: str | Path | None = None) -> Runs:
+def load_runs(spec: str | Path | Iterable[str | Path], base: str | Path | None = None,
+              names: list[str] | None = None) -> Runs:
     """Many runs: a folder, a comma-separated list of folders, a list, or a parent folder of runs (a study's
     folder). Relative paths resolve against `base` (default: the current folder).
 
-    Run names are the folder names (with the parent's name prepended when two folders share a name)."""
+    Run names are `names` (one per folder) or the folder names (with the parent's name prepended when two
+    folders share a name)."""
     folders = _folders(spec, Path(base) if base is not None else Path.cwd())
     if not folders:
         raise FileNotFoundError(f"no run folder in {spec!r}")
-    names = [f.name for f in folders]
-    names = [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in folders]
+    if names is None:
+        names = [f.name for f in folders]
+        names = [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in folders]
+    if len(names) != len(folders):
+        raise ValueError(f"{len(names)} names for {len(folders)} run folders")
     loaded = [load_run(folder, name) for folder, name in zip(folders, names)]
 
     def concat(attr: str) -> pd.DataFrame:

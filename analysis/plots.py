@@ -1,4 +1,5 @@
-"""Figures from the tidy frames: PPL against position, LoCoMo F1 per category, sweep heatmaps.
+"""Figures from the tidy frames: PPL against position, the cost frontier, LoCoMo F1 per category, MMLU
+accuracy per book, sweep heatmaps. Each names its runs' model and n.
 
 Each function returns a `matplotlib.figure.Figure` and, given `path`, saves it as PNG. Figures are
 built with `Figure()` rather than pyplot, so they render through Agg with no display and leave no pyplot
@@ -21,8 +22,9 @@ from matplotlib.figure import Figure
 
 from analysis.frames import pg19_frames, with_keys
 from analysis.load import KEYS
-from analysis.tables import (ADVERSARIAL_REPORT, BOOK, BUCKET_WIDTH, CATEGORIES, book_tokens, completed, locomo_long,
-                             segments, sweep_table)
+from analysis.reporting.paper import short_model
+from analysis.tables import (ADVERSARIAL_REPORT, BOOK, BUCKET_WIDTH, CATEGORIES, MIN_UNITS, book_tokens, completed,
+                             locomo_long, segments, sweep_table)
 
 
 def _save(figure: Figure, path: str | Path | None) -> Figure:
@@ -40,41 +42,97 @@ def _labels(frame: pd.DataFrame) -> pd.Series:
     label = frame["method"].astype(str)
     many = frame["method"].map(several).fillna(1) > 1
     label[many] = label[many] + " (" + frame.loc[many, "run"].astype(str) + ", " + frame.loc[many, "config_id"].astype(str) + ")"
+    models = frame["cfg_model_model"].map(short_model) if "cfg_model_model" in frame else None
+    if models is not None and models.nunique() > 1:  # several models: each line names its own
+        label = label + ", " + models
     return label
 
 
-def plot_ppl_by_position(data, books: pd.DataFrame | None = None, *, width: int = BUCKET_WIDTH,
-                         reaching: int | None = None, path=None) -> Figure:
+def _legend(axes) -> None:
+    """The legend under the axes, where it hides no bar or line."""
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
+
+
+def _models(frame: pd.DataFrame) -> str:
+    """The runs' models, named as the report's rows name them, for a plot's title."""
+    models = frame["cfg_model_model"].dropna() if "cfg_model_model" in frame else pd.Series(dtype=str)
+    names = sorted({short_model(m) for m in models})
+    return ", ".join(names) if names else "model not recorded"
+
+
+def bucket_width(lengths, window: float = 1) -> int:
+    """A bucket width scaled to the books: about a tenth of the median book, rounded down to 1, 2 or 5 × 10^k
+    tokens, at most 50,000 (where rows are cut, so 50K buckets are exact); never narrower than a `window`'s
+    scored tokens (rounded up the same way), since a window counts whole in the bucket of its first token and
+    narrower buckets would leave some empty."""
+    target = max(1.0, float(np.median(lengths)) / 10) if len(lengths) else BUCKET_WIDTH
+    power = 10 ** int(np.floor(np.log10(target)))
+    width = max(m * power for m in (1, 2, 5) if m * power <= target)
+    if width < window:
+        power = 10 ** int(np.floor(np.log10(window)))
+        width = min(m * power for m in (1, 2, 5, 10) if m * power >= window)
+    return int(min(BUCKET_WIDTH, width))
+
+
+def _book_band(per_book: pd.DataFrame, n_boot: int, seed: int) -> tuple[float, float]:
+    """95% percentile band of the pooled PPL over books resampled with replacement."""
+    n = len(per_book)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    draws = np.exp(counts @ per_book["nll"].to_numpy() / (counts @ per_book["tokens"].to_numpy()))
+    return tuple(np.quantile(draws, [0.025, 0.975]))
+
+
+def plot_ppl_by_position(data, books: pd.DataFrame | None = None, *, width: int | None = None,
+                         reaching: int | None = None, n_boot: int = 500, seed: int = 0, path=None) -> Figure:
     """Pooled PPL of the scored tokens in each [k·width, (k+1)·width) of the completed books, per method,
-    against the bucket's middle (in K tokens); exact when `width` divides 50,000 (where rows are cut).
-    `reaching=N` keeps the books with >= N tokens, so every point of a line averages the same books."""
+    against the bucket's middle, with a 95% band over books where a bucket has at least MIN_UNITS books.
+    `width` defaults to one scaled to the books' lengths (bucket_width); a window is split only at multiples
+    of 50,000, so under that its tokens count in the bucket of its first scored token. `reaching=N` keeps
+    the books with >= N tokens, so every point of a line averages the same books."""
     windows, books = pg19_frames(data, books)
     windows, _ = completed(windows, books)
     windows = windows.merge(book_tokens(windows, books).rename(columns={"tokens": "_book_tokens"}),
                             on=KEYS + [BOOK], how="left")
     if reaching is not None:
         windows = windows[windows["_book_tokens"] >= reaching]
+    width = width or bucket_width(windows.drop_duplicates(KEYS + [BOOK])["_book_tokens"].dropna(),
+                                  windows["scored_tokens"].max() if len(windows) else 1)
     windows = segments(windows)
     windows = windows.assign(_label=_labels(windows), _bucket=windows["start"] // width)
-    agg = windows.groupby(["_label", "_bucket"]).agg(nll=("nll_sum", "sum"), tokens=("scored_tokens", "sum")).reset_index()
-    agg = agg[agg["tokens"] > 0]
+    per_book = (windows.groupby(["_label", "_bucket", BOOK]).agg(nll=("nll_sum", "sum"), tokens=("scored_tokens", "sum"))
+                .reset_index())
+    per_book = per_book[per_book["tokens"] > 0]
     figure = Figure(figsize=(7, 4))
     axes = figure.add_subplot()
-    for label, line in agg.groupby("_label"):
-        axes.plot((line["_bucket"] + 0.5) * width / 1000, np.exp(line["nll"] / line["tokens"]), marker="o", label=label)
-    axes.set_xlabel(f"position in the book (K tokens, buckets of {width // 1000}K)")
+    scale, unit = (1000, "K tokens") if width >= 1000 else (1, "tokens")
+    for label, line in per_book.groupby("_label"):
+        agg = line.groupby("_bucket").agg(nll=("nll", "sum"), tokens=("tokens", "sum"), books=(BOOK, "nunique"))
+        x = (agg.index.to_numpy() + 0.5) * width / scale
+        drawn = axes.plot(x, np.exp(agg["nll"] / agg["tokens"]), marker="o" if len(x) <= 25 else None,
+                          label=f"{label} (n={line[BOOK].nunique()} books)")
+        bands = [(xi, *_book_band(part, n_boot, seed)) for xi, (_, part) in zip(x, line.groupby("_bucket"))
+                 if part[BOOK].nunique() >= MIN_UNITS]
+        if bands:
+            xs, low, high = zip(*bands)
+            axes.fill_between(xs, low, high, color=drawn[0].get_color(), alpha=0.2)
+    axes.set_xlabel(f"position in the book ({unit}, buckets of {width / scale:g}{unit[0] if scale > 1 else ''}; "
+                    "a bucket holds the books that reach it)")
     axes.set_ylabel("PPL")
-    axes.set_title("PG-19: perplexity against position" + (f" (books >= {reaching // 1000}K)" if reaching else ""))
+    axes.set_title(f"PG-19: perplexity against position ({_models(windows)})"
+                   + (f", books >= {reaching // 1000}K" if reaching else "")
+                   + f"\nbands: 95% over books where a bucket has >= {MIN_UNITS}", fontsize=10)
     axes.grid(alpha=0.3)
     if axes.lines:
-        axes.legend()
+        _legend(axes)
     return _save(figure, path)
 
 
 def plot_locomo_f1(data, *, path=None) -> Figure:
     """Grouped bars: F1 × 100 per LoCoMo category (and the report's adversarial rule), one bar per method."""
     qa, _ = with_keys(getattr(data, "qa", data))
-    long = locomo_long(qa.assign(_label=_labels(qa)), by=["_label"])
+    qa = qa.assign(_label=_labels(qa))
+    sizes = qa.groupby("_label").agg(q=("question_id", "size"), c=("conversation_id", "nunique"))
+    long = locomo_long(qa, by=["_label"])
     names = [n for n in [*CATEGORIES.values(), ADVERSARIAL_REPORT] if n in set(long["name"])]
     labels = sorted(long["_label"].unique())
     figure = Figure(figsize=(max(6, 1.4 * len(names)), 4))
@@ -82,13 +140,70 @@ def plot_locomo_f1(data, *, path=None) -> Figure:
     step = 0.8 / max(1, len(labels))
     for i, label in enumerate(labels):
         values = long[long["_label"] == label].set_index("name")["f1"].reindex(names)
-        axes.bar(np.arange(len(names)) + (i - (len(labels) - 1) / 2) * step, values, width=step, label=label)
+        n = f"n={sizes.loc[label, 'q']} questions, {sizes.loc[label, 'c']} conversations"
+        bars = axes.bar(np.arange(len(names)) + (i - (len(labels) - 1) / 2) * step, values, width=step,
+                        label=f"{label} ({n})")
+        axes.bar_label(bars, fmt="%.1f", fontsize=7)  # a zero shows as 0.0, not as a missing bar
     axes.set_xticks(np.arange(len(names)), names, rotation=15)
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_ylabel("F1 × 100")
-    axes.set_title("LoCoMo: F1 per category")
+    axes.set_title(f"LoCoMo: F1 per category ({_models(qa)})")
     if labels:
-        axes.legend()
+        _legend(axes)
+    return _save(figure, path)
+
+
+def plot_cost_frontier(runs, *, path=None) -> Figure:
+    """PPL of the whole completed books against GPU-seconds per 1K scored tokens, one point per run, one panel
+    per batch size (a rate depends on how many books shared each step: points are compared within a panel)."""
+    from analysis.tables import cost_table, pg19_table
+
+    points = pg19_table(runs)[KEYS + ["ppl", "books"]].merge(
+        cost_table(runs)[KEYS + ["gpu_s_per_1k_tokens", "batch_size"]], on=KEYS, how="left")
+    points = points.assign(_label=_labels(points), _batch=points["batch_size"].map(
+        lambda b: "not recorded" if pd.isna(b) else str(b)))
+    panels = sorted(points["_batch"].unique())
+    figure = Figure(figsize=(5 * max(1, len(panels)), 4))
+    for i, batch in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), i + 1)
+        for _, point in points[points["_batch"] == batch].iterrows():
+            axes.scatter(point["gpu_s_per_1k_tokens"], point["ppl"], label=f"{point['_label']} (n={point['books']} books)")
+        axes.set_xlabel("GPU-seconds per 1K tokens")
+        axes.set_ylabel("PPL (whole books)")
+        axes.set_title(f"batch size {batch}", fontsize=10)
+        axes.grid(alpha=0.3)
+        _legend(axes)
+    figure.suptitle(f"PG-19: cost frontier ({_models(runs.windows)})")
+    return _save(figure, path)
+
+
+def plot_mmlu_accuracy(data, *, path=None) -> Figure:
+    """MMLU accuracy (%) per book adapted on, one bar per run and variant (memory, dense); the base model's as
+    a line per run."""
+    mmlu, _ = with_keys(getattr(data, "mmlu", data))
+    mmlu = mmlu.assign(_label=_labels(mmlu), _correct=mmlu["correct"].astype(float) * 100)
+    adapted = mmlu[mmlu["variant"] != "base"]
+    books = sorted(adapted[BOOK].dropna().astype(str).unique())
+    bars = adapted.groupby(["_label", "variant", BOOK]).agg(acc=("_correct", "mean"), n=("_correct", "size"))
+    series = sorted({(label, variant) for label, variant, _ in bars.index})
+    figure = Figure(figsize=(max(6, 1.5 * len(books) + 2), 4))
+    axes = figure.add_subplot()
+    step = 0.8 / max(1, len(series))
+    for i, (label, variant) in enumerate(series):
+        part = bars.loc[(label, variant)].reindex(books)
+        n = int(part["n"].max()) if part["n"].notna().any() else 0
+        axes.bar(np.arange(len(books)) + (i - (len(series) - 1) / 2) * step, part["acc"], width=step,
+                 label=f"{label}, {variant} (n={n} questions per book)")
+    base = mmlu[mmlu["variant"] == "base"].drop_duplicates(["run", "subject", "question_id"])
+    for label, rows in base.groupby("_label"):
+        axes.axhline(rows["_correct"].mean(), linestyle="--", linewidth=1,
+                     label=f"base, {label} (n={len(rows)} questions)")
+    axes.set_xticks(np.arange(len(books)), books)
+    axes.set_xlabel("book adapted on")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(f"MMLU: accuracy after adapting on each book ({_models(mmlu)})")
+    if axes.lines or axes.patches:
+        _legend(axes)
     return _save(figure, path)
 
 

@@ -1,195 +1,157 @@
-"""A study's report: the paper's tables from the study's runs, with the paper's published figures beside ours.
+"""A study's report: the paper's tables from the study's runs, the paper's figures beside runs of the same
+setting, failures shown, costs compared at equal batch size, and plots.
 
-    python -m analysis.report runs/paper        # writes runs/paper/report.md and an executed report.ipynb
+    python -m analysis.report runs/paper        # writes runs/paper/report.md, its PNGs and an executed report.ipynb
 
-Every figure comes from the runs' rows through `analysis.tables` (docs/protocols.md); every difference from
-the frozen baseline comes with a paired bootstrap interval; the paper's figures come from
-`analysis/paper.yaml`, which cites the paper. A figure that no run produced is written "missing", never
-filled in.
+Every figure comes from the runs' rows through `analysis.tables` (docs/protocols.md); the paper's figures
+and their settings come from `analysis/paper.yaml`, which cites the paper. A figure that no run produced is
+written "missing", never filled in; a paper figure beside a run of another setting is left empty and the row
+says what differs.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import tables
-from analysis.load import KEYS, Runs, load_runs
-
-PAPER = Path(__file__).with_name("paper.yaml")
-MISSING = "missing"
-HEADLINE_N = 200_000
-
-
-def paper_figures() -> dict:
-    import yaml
-
-    return yaml.safe_load(PAPER.read_text(encoding="utf-8"))
-
-
-def _paper_column(frame: pd.DataFrame, task: str, figure: str) -> pd.Series:
-    """The paper's `figure` for each row's method (None where the paper gives none)."""
-    published = paper_figures().get(task, {})
-    return frame["method"].map(lambda m: (published.get(m) or {}).get(figure))
-
-
-# --- the tables -------------------------------------------------------------------------------------------
-
-
-def pg19_results(runs: Runs) -> pd.DataFrame:
-    """PG-19 per run: the whole books' PPL, PPL@N over the books reaching N (the headline) and their count,
-    time relative to the frozen baseline, trainable parameters, and the paper's PPL@200K and relative time
-    beside ours."""
-    if not len(runs.windows):
-        return pd.DataFrame()
-    table = tables.pg19_table(runs)
-    view = tables.pg19_view(table, "ppl_reaching")
-    view.insert(len(KEYS), "books", table["books"])
-    view.insert(len(KEYS) + 1, "PPL (whole books)", table["ppl"])
-    cost = tables.cost_table(runs)[KEYS + ["time_vs_none", "trainable_params", "gpu_s_per_1k_tokens"]]
-    out = view.merge(cost, on=KEYS, how="left")
-    out["paper PPL@200K"] = _paper_column(out, "pg19", f"ppl@{HEADLINE_N}")
-    out["paper time_vs_none"] = _paper_column(out, "pg19", "time_vs_none")
-    return out
-
-
-def pg19_differences(runs: Runs) -> pd.DataFrame:
-    """Each method against the frozen baseline on the same books: PPL@N (books reaching N) and the whole
-    book, with 95% paired bootstrap intervals over books."""
-    if not len(runs.windows):
-        return pd.DataFrame()
-    deltas = tables.delta_table(runs, reaching_only=True, n_boot=2000, seed=0)
-    return deltas[KEYS + ["baseline_run", "range", "books", "ppl_base", "ppl", "delta", "ci_low", "ci_high"]]
-
-
-def locomo_results(runs: Runs) -> pd.DataFrame:
-    """LoCoMo F1 × 100 per category under both adversarial rules, and the paper's row for the method."""
-    if not len(runs.qa):
-        return pd.DataFrame()
-    ours = tables.locomo_table(runs)
-    published = paper_figures()["locomo"]
-    rows = []
-    for _, row in ours.iterrows():
-        rows.append({**row.to_dict(), "source": "this study"})
-        paper = published.get(row["method"])
-        rows.append({"run": row["run"], "method": row["method"], "config_id": row["config_id"],
-                     "source": f"paper: {paper['label']}" if paper else "paper",
-                     **{k: v for k, v in (paper or {}).items() if k != "label"}})
-    return pd.DataFrame(rows)
-
-
-def locomo_differences(runs: Runs) -> pd.DataFrame:
-    return tables.answer_deltas(runs) if len(runs.qa) else pd.DataFrame()
-
-
-def mmlu_results(runs: Runs) -> pd.DataFrame:
-    """MMLU accuracy of the base, of base + memory (or adapter) and of its dense export, with the paper's."""
-    if not len(runs.mmlu):
-        return pd.DataFrame()
-    out = tables.mmlu_table(runs)
-    out["paper base_micro"] = paper_figures()["mmlu"]["none"]["base_micro"]
-    out["paper memory_micro"] = _paper_column(out, "mmlu", "memory_micro")
-    return out
-
-
-def mmlu_differences(runs: Runs) -> pd.DataFrame:
-    return tables.retention_deltas(runs) if len(runs.mmlu) else pd.DataFrame()
-
-
-def ablations(runs: Runs) -> pd.DataFrame:
-    """The study's sweeps (memory init, width, loss, ...): completed trials, best first."""
-    if not len(runs.trials):
-        return pd.DataFrame()
-    ranked = tables.sweep_table(runs)
-    varied = [c for c in tables.sweep_config_columns(runs.trials) if runs.trials[c].nunique() > 1]
-    return ranked[["run", "rank", *varied, "ppl", "books_done", "seconds"]]
-
+from analysis import plots, tables
+from analysis.load import Runs, load_runs
+from analysis.reporting.ablations import ablation_runs, ablations
+from analysis.reporting.answers import locomo_differences, locomo_results, mmlu_differences, mmlu_results
+from analysis.reporting.common import MISSING, number_text, notes_of
+from analysis.reporting.paper import paper
+from analysis.reporting.pg19 import pg19_cost, pg19_differences, pg19_results
 
 SECTIONS = [  # (title, function, what the table shows)
-    ("PG-19: perplexity at depth, cost", pg19_results,
-     "PPL@N over exactly the first N tokens of the books that reach N (`n@` of them); relative time: GPU-seconds "
-     "per token over the frozen baseline's; the paper's figures beside ours."),
+    ("PG-19: perplexity at depth", pg19_results,
+     "Per run: PPL@N over exactly the first N tokens of the books that reach N (`n@` of them, the headline), "
+     "and the whole books' PPL, over the books it finished; `stopped`: books a non-finite loss stopped, "
+     "`failed`: books that gave no result."),
     ("PG-19: against the frozen baseline", pg19_differences,
-     "Pooled PPL difference on the same books, 95% paired bootstrap interval over books."),
+     "On the books both runs finished, at each depth over those reaching it (the headline's rule): pooled PPL "
+     "difference, 95% paired bootstrap interval over books (`n` books)."),
+    ("PG-19: cost", pg19_cost,
+     "GPU-seconds per 1K scored tokens over each run's finished books; against the baseline on the books both "
+     "finished, and a ratio only between runs at the same batch size (books adapted at once per actor)."),
     ("LoCoMo: F1 per category", locomo_results,
      "F1 × 100; `adversarial`: the official rule (abstaining scores 100), `adversarial (report)`: the report's "
-     "(minus the F1 against the trap answer, the paper's rule)."),
+     "(minus the F1 against the trap answer, the paper's rule); `failed questions`: questions that gave no answer."),
     ("LoCoMo: against the frozen baseline", locomo_differences,
-     "Mean F1 × 100 difference on the same questions, 95% paired bootstrap interval over questions."),
+     "Mean F1 × 100 difference on the questions both runs answered, 95% bootstrap interval resampling "
+     "conversations (`n` conversations)."),
     ("MMLU: retention", mmlu_results,
      "Accuracy (%) of the base, of base + memory after adapting on a book, and of its dense export."),
     ("MMLU: change from the base", mmlu_differences,
-     "Accuracy (%) change on the same questions, 95% paired bootstrap interval over answers."),
-    ("Ablations: sweeps", ablations, "Completed trials of each sweep, best first."),
+     "Accuracy (%) change on the same questions, 95% bootstrap interval resampling questions (`n` questions)."),
+    ("Ablations: sweeps", ablations,
+     "Each sweep trial as a PG-19 run, by the rules and names of the PG-19 tables, against the study's frozen run."),
 ]
+FIGURES = [  # (file beside report.md, title, what it needs, how it is drawn)
+    ("report_ppl_by_position.png", "PPL against position", "windows", plots.plot_ppl_by_position),
+    ("report_cost_frontier.png", "PPL against GPU-seconds per token", "books", plots.plot_cost_frontier),
+    ("report_locomo_f1.png", "LoCoMo F1 per category", "qa", plots.plot_locomo_f1),
+    ("report_mmlu_accuracy.png", "MMLU accuracy per book and variant", "mmlu", plots.plot_mmlu_accuracy),
+]
+
+
+def unfinished(runs: Runs) -> list[str]:
+    """One line per unit that stopped or failed and per failed question, in every run (ablation trials too)."""
+    lines = []
+    for each in [runs] + [r for r in [ablation_runs(runs)] if r is not None]:
+        for task in ("pg19", "locomo", "mmlu"):
+            outcomes = tables.unit_outcomes(each, task)
+            for row in outcomes[outcomes["status"] != "done"].itertuples():
+                lines.append(f"{row.run}: {task} unit {row.item} {row.status} ({row.reason})")
+            if task != "pg19":
+                lines += [f"{r.run}: {task} question {r.item} failed ({r.reason})"
+                          for r in tables.failed_questions(each, task).itertuples()]
+    return list(dict.fromkeys(lines))
+
+
+def status_lines(runs: Runs) -> list[str]:
+    lines = unfinished(runs)
+    if not lines:
+        return ["Every unit of every run finished.", ""]
+    stopped, failed = sum(" stopped (" in line for line in lines), sum(" failed (" in line for line in lines)
+    return [f"**Not every unit finished: {stopped} stopped, {failed} failed (units or questions).** Every "
+            "comparison below uses only the units all its runs finished and says how many it left out.", "",
+            *[f"- {line}" for line in lines], ""]
+
+
+def write_figures(folder: str | Path, runs: Runs) -> list[tuple[str, str]]:
+    """The report's PNGs, written into the study folder: [(file name, title)] of those the runs can draw."""
+    drawn = []
+    for name, title, needs, draw in FIGURES:
+        if len(getattr(runs, needs)):
+            draw(runs, path=Path(folder) / name)
+            drawn.append((name, title))
+    return drawn
 
 
 # --- writing -------------------------------------------------------------------------------------------
 
 
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return MISSING
-    if isinstance(value, float):
-        value = value + 0.0  # no "-0"
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return str(value)
-
-
 def markdown_table(frame: pd.DataFrame) -> str:
     if not len(frame):
         return f"_{MISSING}: no run of the study gives this table yet._"
+
+    def cell(value) -> str:
+        return number_text(value).replace("|", "\\|").replace("\n", " ")
+
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    notes = [f"- {note}" for note in notes_of(frame)]
+    return "\n".join([header, rule, *body] + ([""] + notes if notes else []))
 
 
-def report_markdown(folder: Path, runs: Runs) -> str:
-    parts = [f"# Study report: {folder.name}", "",
-             f"Runs: {', '.join(runs.names)}. Published figures: {paper_figures()['source']} "
-             f"(`analysis/paper.yaml`). `{MISSING}`: no run gave that figure.", ""]
+def report_markdown(folder: Path, runs: Runs, figures: list[tuple[str, str]] = ()) -> str:
+    parts = [f"# Study report: {folder.name}", "", *status_lines(runs),
+             f"Runs: {', '.join(runs.names)}. Published figures: {paper()['source']} (`analysis/paper.yaml`): a "
+             "paper figure stands only beside a run of its setting (model, window, width, loss, task options); "
+             f"otherwise its cell is empty and `paper setting` says what differs. `{MISSING}`: no run gave that "
+             "figure. Intervals: 95% percentile bootstrap, none under "
+             f"{tables.MIN_UNITS} resampled units.", ""]
     for title, make, note in SECTIONS:
         parts += [f"## {title}", "", note, "", markdown_table(make(runs)), ""]
+    parts += ["## Figures", ""]
+    parts += [f"![{title}]({name})\n" for name, title in figures] or [f"_{MISSING}: no run gives a figure._"]
     return "\n".join(parts)
 
 
 def notebook(folder: Path):
-    """The report as a notebook: one section per table, and plots, from this module's functions."""
+    """The report as a notebook: one section per table, and the figures as images, from this module."""
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
     cells = [new_markdown_cell(f"# Study report: {folder.name}\nTables from `analysis.report`, the paper's "
-                               "figures beside ours (`analysis/paper.yaml`)."),
-             new_code_cell("import pandas as pd\nfrom IPython.display import display\n\n"
-                           "from analysis import plots, report\nfrom analysis.load import load_runs\n\n"
-                           f"runs = load_runs({str(folder)!r})\nruns")]
+                               "figures beside runs of their setting (`analysis/paper.yaml`)."),
+             new_code_cell("import pandas as pd\nfrom IPython.display import Image, Markdown, display\n\n"
+                           "from analysis import report\nfrom analysis.load import load_runs\n\n"
+                           f"FOLDER = {str(folder)!r}\nruns = load_runs(FOLDER)\n"
+                           "display(Markdown('\\n'.join(report.status_lines(runs))))\nruns")]
     for title, make, note in SECTIONS:
-        cells += [new_markdown_cell(f"## {title}\n{note}"), new_code_cell(f"report.{make.__name__}(runs)")]
+        cells += [new_markdown_cell(f"## {title}\n{note}"),
+                  new_code_cell(f"table = report.{make.__name__}(runs)\nfor line in table.attrs.get('notes', []):\n"
+                                "    print(line)\ntable")]
     cells += [new_markdown_cell("## Figures"),
-              new_code_cell("if len(runs.windows):\n    display(plots.plot_ppl_by_position(runs))\n"
-                            "if len(runs.qa):\n    display(plots.plot_locomo_f1(runs))\n"
-                            "for name in runs.trials['run'].unique() if len(runs.trials) else []:\n"
-                            "    trials = runs.trials[runs.trials['run'] == name]\n"
-                            "    varied = [c for c in ('memory_width', 'memory_init', 'loss', 'lr', 'method')\n"
-                            "              if c in trials and trials[c].nunique() > 1]\n"
-                            "    if len(varied) >= 2:\n"
-                            "        display(plots.plot_sweep_heatmap(trials, varied[0], varied[1]))")]
+              new_code_cell("for name, title in report.write_figures(FOLDER, runs):\n"
+                            "    display(Markdown(f'### {title}'), Image(filename=f'{FOLDER}/{name}'))")]
     book = new_notebook(cells=cells)
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return book
 
 
 def write_report(folder: str | Path, execute: bool = True) -> tuple[Path, Path]:
-    """Write `report.md` and `report.ipynb` (executed, unless `execute` is False) into the study folder."""
+    """Write `report.md`, its PNGs and `report.ipynb` (executed, unless `execute` is False) into the folder."""
     import nbformat
 
     folder = Path(folder).resolve()
     runs = load_runs(folder)
+    figures = write_figures(folder, runs)
     markdown = folder / "report.md"
-    markdown.write_text(report_markdown(folder, runs), encoding="utf-8")
+    markdown.write_text(report_markdown(folder, runs, figures), encoding="utf-8")
     book = notebook(folder)
     if execute:
         from nbclient import NotebookClient
@@ -201,7 +163,7 @@ def write_report(folder: str | Path, execute: bool = True) -> tuple[Path, Path]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Write a study's report (report.md and an executed report.ipynb).")
+    p = argparse.ArgumentParser(description="Write a study's report (report.md, its PNGs, an executed report.ipynb).")
     p.add_argument("folder", help="the study's folder (run_study.py --output)")
     p.add_argument("--no_execute", action="store_true", help="write the notebook without running it")
     args = p.parse_args(argv)

@@ -73,8 +73,9 @@ class Unit:
 
 
 def row_keys(unit: Unit) -> dict:
-    """What every row of a unit carries to name it."""
-    return {key: getattr(unit, key) for key in UNIT_KEYS}
+    """What every row of a unit carries to name it, and `batch_size`: the batch it ran in (at most this many
+    units adapted at once per actor; costs are compared only at equal batch sizes, docs/protocols.md)."""
+    return {**{key: getattr(unit, key) for key in UNIT_KEYS}, "batch_size": unit.batch}
 
 
 # --- the error row and the failed-unit rule -------------------------------------------------------------

@@ -230,12 +230,22 @@ def test_cost_table_by_hand():
     rows = (pg19_rows("none", "c0", "a", BOOK_A, seconds=2.0) + pg19_rows("none", "c0", "b", BOOK_B, seconds=2.0)
             + pg19_rows("locas", "c1", "a", BOOK_A, seconds=3.0, trainable_params=11_000)
             + pg19_rows("locas", "c1", "b", BOOK_B, seconds=5.0, trainable_params=11_000))
-    table = tables.cost_table(frame(rows, "book"), frame(rows, "window")).set_index("method")
+    books = frame(rows, "book").assign(batch_size=8)
+    table = tables.cost_table(books, frame(rows, "window")).set_index("method")
     assert table.loc["locas", "gpu_s_per_1k_tokens"] == pytest.approx(25 / 199_998 * 1000)
     assert table.loc["none", "gpu_seconds"] == 2.0 * 7 and table.loc["locas", "gpu_seconds"] == 3.0 * 5 + 5.0 * 2
     assert table.loc["none", "trainable_params"] == 0 and table.loc["locas", "trainable_params"] == 11_000
-    assert table.loc["locas", "time_vs_none"] == pytest.approx(25 / 14)
+    assert table.loc["locas", "time_vs_none"] == pytest.approx(25 / 14) and table.loc["locas", "paired_books"] == 2
     assert table.loc["none", "time_vs_none"] == pytest.approx(1.0)
+    # the baseline's rate on the paired books only: a book the method did not finish leaves both sides
+    one = tables.cost_table(books[~((books["method"] == "locas") & (books["book_id"] == "b"))]).set_index("method")
+    assert one.loc["locas", "baseline_gpu_s_per_1k_paired"] == pytest.approx(2.0 * 5 / 129_999 * 1000)
+    assert one.loc["locas", "time_vs_none"] == pytest.approx(15 / 10)
+    # no ratio across batch sizes, nor where the batch size was not recorded
+    other = tables.cost_table(books.assign(batch_size=np.where(books["method"] == "none", 8, 1))).set_index("method")
+    assert np.isnan(other.loc["locas", "time_vs_none"]) and other.loc["locas", "cost_note"].startswith("batch 1 vs 8")
+    unknown = tables.cost_table(books.drop(columns="batch_size")).set_index("method")
+    assert unknown.loc["locas", "cost_note"].startswith("batch not recorded vs not recorded")
 
 
 # --- LoCoMo and MMLU ------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ def test_the_shipped_studies_parse_with_their_scripts_flags(tmp_path):
         ("locomo", "locas"), ("mmlu", "locas"), ("mmlu", "lora")}
     locas = paper["pg19-locas"].plans[0][1]
     assert (locas.spec.model, locas.cfg.memory_width, locas.options.split) == ("Qwen/Qwen3-1.7B-Base", 64, "test")
+    # the paper's relative time at equal batching: every PG-19 run adapts one book at a time
+    assert {p.run.batch_size for r in paper.values() if r.task == "pg19" for _, p in r.plans} == {1}
     assert {p.cfg.loss for r in paper.values() if r.task == "locomo" for _, p in r.plans if p.cfg.method != "none"} \
         == {"SD"}
     ablations = {run.name: run for run in plan_study(STUDIES / "ablations.yaml", tmp_path, check_models=False)}
@@ -62,10 +64,13 @@ def test_the_demo_study_reports_resumes_and_runs_only_what_is_added(ray_local, t
     assert "no run of the study gives this table" not in report  # every table has rows from real runs
     for section in ("PG-19: perplexity at depth", "LoCoMo: F1 per category", "MMLU: retention", "Ablations: sweeps"):
         assert f"## {section}" in report
-    assert "19.04" in report and "paper: + Locas" in report  # the paper's figures beside ours
+    # a tiny model: the paper's figures are not beside it, and each row says what differs
+    assert "19.04" not in report and "model demo-inputs/model ≠ Qwen/Qwen3-1.7B-Base" in report
+    assert "Every unit of every run finished." in report and "![PPL against position](report_ppl_by_position.png)" in report
     book = nbformat.read(out / "report.ipynb", as_version=4)
     outputs = [o for cell in book.cells for o in cell.get("outputs", [])]
     assert outputs and not any(o.get("output_type") == "error" for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4  # position, cost, LoCoMo, MMLU
 
     # the same command again: nothing left to run
     assert run_study.main(["--demo", "--output", str(out), "--num_workers", "2", "--no_progress"]) == 0
@@ -84,4 +89,5 @@ def test_the_demo_study_reports_resumes_and_runs_only_what_is_added(ray_local, t
     assert "1 done, 1 failed, 22 already finished" in capsys.readouterr().out
     added = json.loads((out / "study.json").read_text())["runs"]["pg19-added"]
     assert (added["done"], added["failed"]) == (1, 1)
-    assert "pg19-added" in (out / "report.md").read_text()
+    grown_report = (out / "report.md").read_text()
+    assert "pg19-added" in grown_report and "Not every unit finished: 0 stopped, 1 failed" in grown_report

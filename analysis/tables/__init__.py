@@ -20,26 +20,31 @@ the tokens it names:
 - A book that stopped with an error is left out of every pooled figure and delta, and counted (`stopped`).
   A window without an NLL in a book that did not stop makes its book count as stopped too, with a warning.
 - Comparisons (deltas, relative cost) pair runs on the same model, dtype, data, split, max_tokens and
-  windows only; per book they also need the identical window grid.
+  windows only, and only the units both finished; per book they also need the identical window grid. A
+  cost ratio needs equal batch sizes. No interval under MIN_UNITS resampled units (books, conversations,
+  questions).
 """
 
 from importlib import import_module
 
 from analysis.frames import BOOK, BUCKET_WIDTH, PPL_AT, SETTINGS
-from analysis.tables.comparisons import (
-                                     answer_deltas,
-                                     book_deltas,
-                                     cost_table,
-                                     delta_table,
+from analysis.tables.comparisons import answer_deltas, book_deltas, delta_table, retention_deltas
+from analysis.tables.cost import batch_sizes, cost_table
+from analysis.tables.intervals import (
+                                     MIN_UNITS,
+                                     cluster_mean_bootstrap,
                                      paired_bootstrap,
                                      paired_mean_bootstrap,
-                                     retention_deltas,
+                                     too_few,
 )
+from analysis.tables.outcomes import failed_questions, left_out, outcome_counts, unit_outcomes
 from analysis.tables.sweeps import best_trial, sweep_config_columns, sweep_table
 from locas.tasks import TASKS
 
-__all__ = ["BOOK", "BUCKET_WIDTH", "PPL_AT", "SETTINGS", "answer_deltas", "best_trial", "book_deltas", "cost_table",
-           "delta_table", "paired_bootstrap", "paired_mean_bootstrap", "retention_deltas", "sweep_config_columns",
+__all__ = ["BOOK", "BUCKET_WIDTH", "MIN_UNITS", "PPL_AT", "SETTINGS", "answer_deltas", "batch_sizes", "best_trial",
+           "book_deltas", "cluster_mean_bootstrap", "cost_table", "delta_table", "failed_questions", "left_out",
+           "outcome_counts", "paired_bootstrap", "paired_mean_bootstrap", "retention_deltas", "too_few",
+           "unit_outcomes", "sweep_config_columns",
            "sweep_table"]
 
 for _package in TASKS.values():  # every registered task's tables (its folder's tables.py), under one name

@@ -7,9 +7,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from analysis.frames import BOOK, PPL_AT, SETTINGS, exp_ratio, pg19_frames, with_keys
 from analysis.load import KEYS, Runs
-from locas.tasks.pg19.tables import book_tokens, completed, first_tokens, segments, stopped_books, without_books
+from analysis.frames import BOOK, PPL_AT, SETTINGS, exp_ratio, pg19_frames, with_keys
+from analysis.tables.intervals import MIN_UNITS, cluster_mean_bootstrap, paired_bootstrap
+from locas.tasks.pg19.tables import book_tokens, completed, first_tokens, segments
 
 # --- comparisons ------------------------------------------------------------------------------------------
 
@@ -94,97 +95,47 @@ def book_deltas(data, books: pd.DataFrame | None = None, *, baseline: str = "non
     return paired[columns]
 
 
-def paired_bootstrap(nll: np.ndarray, tokens: np.ndarray, nll_base: np.ndarray, tokens_base: np.ndarray,
-                     *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """(Δ, low, high): Δ = pooled PPL − pooled baseline PPL over the books given (one entry per book),
-    and its percentile interval from `n_boot` resamples of the books (the same draw for both sides)."""
-    nll, tokens, nll_base, tokens_base = (np.asarray(a, dtype=float) for a in (nll, tokens, nll_base, tokens_base))
-    n = len(nll)
-    point = np.exp(nll.sum() / tokens.sum()) - np.exp(nll_base.sum() / tokens_base.sum())
-    if n < 2:
-        return float(point), float("nan"), float("nan")
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)  # (n_boot, n)
-    deltas = np.exp(counts @ nll / (counts @ tokens)) - np.exp(counts @ nll_base / (counts @ tokens_base))
-    tail = (1.0 - level) / 2
-    low, high = np.quantile(deltas, [tail, 1.0 - tail])
-    return float(point), float(low), float(high)
-
-
 def delta_table(data, books: pd.DataFrame | None = None, *, baseline: str = "none", baseline_run: str | None = None,
                 ns=(*PPL_AT, None), reaching_only: bool = False, n_boot: int = 2000, seed: int = 0,
-                level: float = 0.95) -> pd.DataFrame:
+                level: float = 0.95, min_units: int = MIN_UNITS) -> pd.DataFrame:
     """Per non-baseline group and range (`n` = N for PPL@N, <NA> for the whole book; `range` its label
     "PPL@50K" / "book"): `books` paired, `ppl_base`, `ppl` (pooled over the paired books), `delta` with its
-    bootstrap `ci_low`, `ci_high`, `mean_log_ratio` (mean per-book log(ppl/ppl_base)) and `improved`
-    (share of books with delta < 0)."""
-    rows = []
+    bootstrap `ci_low`, `ci_high` (none under `min_units` books), `mean_log_ratio` (mean per-book
+    log(ppl/ppl_base)) and `improved` (share of books with delta < 0). A range no paired book gives (no book
+    reaches N, with `reaching_only`) is a row with 0 books and no figures."""
+    rows, pairs = [], {}
+    names = KEYS + ["baseline_run", "baseline_config_id"]
     for i, n in enumerate(ns):
         paired = book_deltas(data, books, baseline=baseline, baseline_run=baseline_run, n=n,
                              reaching_only=reaching_only, warn=i == 0)
-        for key, group in paired.groupby(KEYS + ["baseline_run", "baseline_config_id"], dropna=False, sort=True):
+        for key, group in paired.groupby(names, dropna=False, sort=True):
+            pairs.setdefault(key, set()).add(n)
             delta, low, high = paired_bootstrap(group["nll"], group["tokens"], group["nll_base"],
-                                                group["tokens_base"], n_boot=n_boot, seed=seed, level=level)
-            rows.append({**dict(zip(KEYS + ["baseline_run", "baseline_config_id"], key)),
-                         "n": n, "range": "book" if n is None else f"PPL@{n // 1000}K", "books": len(group),
+                                                group["tokens_base"], n_boot=n_boot, seed=seed, level=level,
+                                                min_units=min_units)
+            rows.append({**dict(zip(names, key)), "n": n, "books": len(group),
                          "ppl_base": float(np.exp(group["nll_base"].sum() / group["tokens_base"].sum())),
                          "ppl": float(np.exp(group["nll"].sum() / group["tokens"].sum())),
                          "delta": delta, "ci_low": low, "ci_high": high,
                          "mean_log_ratio": float(group["log_ratio"].mean()),
                          "improved": float((group["delta"] < 0).mean())})
-    columns = KEYS + ["baseline_run", "baseline_config_id", "n", "range", "books", "ppl_base", "ppl", "delta",
-                      "ci_low", "ci_high", "mean_log_ratio", "improved"]
-    return pd.DataFrame(rows, columns=columns).astype({"n": "Int64"})
-
-
-def cost_table(data, windows: pd.DataFrame | None = None, *, baseline: str = "none",
-               baseline_run: str | None = None) -> pd.DataFrame:
-    """The paper's cost columns per group, over completed books: `books`, `tokens` (scored),
-    `trainable_params` (0 for the frozen baseline), `gpu_seconds` (Σ book seconds: each book's share of
-    the accelerator time of the batched window steps it was in, plus its memorize), `gpu_s_per_1k_tokens`,
-    and `time_vs_none`: that rate over the rate of the comparable baseline (the paper's "1.8×")."""
-    books, windows = (data.books, data.windows) if isinstance(data, Runs) else (data, windows)
-    books, _ = with_keys(books)
-    books = _settings(without_books(books, stopped_books(windows, books)))
-    if "trainable_params" not in books.columns:
-        books = books.assign(trainable_params=np.nan)
-    agg = (books.groupby(KEYS, dropna=False)
-           .agg(books=(BOOK, "nunique"), tokens=("scored_tokens", "sum"), trainable_params=("trainable_params", "max"),
-                gpu_seconds=("seconds", "sum")).reset_index())
-    is_base = agg["method"] == baseline
-    agg.loc[is_base, "trainable_params"] = agg.loc[is_base, "trainable_params"].fillna(0)
-    agg["gpu_s_per_1k_tokens"] = agg["gpu_seconds"] / agg["tokens"].where(agg["tokens"] > 0) * 1000
-
-    def rate(frame: pd.DataFrame) -> float:
-        return frame["seconds"].sum() / frame["scored_tokens"].sum() * 1000
-
-    base = books[books["method"] == baseline]
-    reference = {key: rate(group) for key, group in base.groupby(KEYS, dropna=False)}
-    chosen = _baselines(books[books["method"] != baseline], base, baseline_run, "cost", warn=True)
-    reference.update({key: rate(group) for key, group in chosen.items()})
-    keys = list(agg[KEYS].itertuples(index=False, name=None))
-    agg["time_vs_none"] = [agg.loc[i, "gpu_s_per_1k_tokens"] / reference[key] if key in reference else np.nan
-                           for i, key in zip(agg.index, keys)]
-    return agg
-
-
-
-def paired_mean_bootstrap(differences, *, n_boot: int = 2000, seed: int = 0,
-                          level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of per-item differences (a method's score minus the baseline's on the same item),
-    with a percentile interval from `n_boot` resamples of the items."""
-    values = np.asarray(differences, dtype=float)
-    if len(values) < 2:
-        return (float(values.mean()) if len(values) else float("nan")), float("nan"), float("nan")
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
-    tail = (1.0 - level) / 2
-    low, high = np.quantile(values[draws].mean(axis=1), [tail, 1.0 - tail])
-    return float(values.mean()), float(low), float(high)
+    rows += [{**dict(zip(names, key)), "n": n, "books": 0} for key, given in pairs.items() for n in ns
+             if n not in given]
+    columns = names + ["n", "range", "books", "ppl_base", "ppl", "delta", "ci_low", "ci_high", "mean_log_ratio",
+                       "improved"]
+    table = pd.DataFrame(rows, columns=columns)
+    order = {n: i for i, n in enumerate(ns)}
+    table = table.assign(_order=table["n"].map(lambda n: order[None if pd.isna(n) else n]))
+    table = table.sort_values(names + ["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    table["range"] = table["n"].map(lambda n: "book" if pd.isna(n) else f"PPL@{int(n) // 1000}K")
+    return table.astype({"n": "Int64"})
 
 
 def answer_deltas(data, *, baseline: str = "none", baseline_run: str | None = None, n_boot: int = 2000,
-                  seed: int = 0) -> pd.DataFrame:
+                  seed: int = 0, min_units: int = MIN_UNITS) -> pd.DataFrame:
     """LoCoMo: per non-baseline group and category (both adversarial rules), the mean F1 × 100 difference
-    from a comparable baseline group on the same questions, with its paired bootstrap interval."""
+    from a comparable baseline group on the same questions (those both answered), with a bootstrap interval
+    that resamples conversations (their questions are not independent): `conversations` of them."""
     from locas.tasks.locomo.tables import ADVERSARIAL_REPORT, CATEGORIES
 
     qa = _settings(with_keys(data.qa if isinstance(data, Runs) else data)[0])
@@ -200,24 +151,33 @@ def answer_deltas(data, *, baseline: str = "none", baseline_run: str | None = No
         for category, name in [*CATEGORIES.items(), (5, ADVERSARIAL_REPORT)]:
             column = "f1_adversarial_report" if name == ADVERSARIAL_REPORT else "f1"
             part = paired[paired["category"].astype(int) == category].dropna(subset=[column, f"{column}_base"])
-            mean, low, high = paired_mean_bootstrap(100 * (part[column] - part[f"{column}_base"]), n_boot=n_boot,
-                                                    seed=seed)
+            mean, low, high, clusters = cluster_mean_bootstrap(
+                100 * (part[column].astype(float) - part[f"{column}_base"].astype(float)), part["conversation_id"],
+                n_boot=n_boot, seed=seed, min_units=min_units)
             rows.append({**dict(zip(KEYS, key)), "baseline_run": base["run"].iloc[0], "category": name,
-                         "questions": len(part), "delta": mean, "ci_low": low, "ci_high": high})
-    return pd.DataFrame(rows, columns=KEYS + ["baseline_run", "category", "questions", "delta", "ci_low", "ci_high"])
+                         "questions": len(part), "conversations": clusters, "delta": mean, "ci_low": low,
+                         "ci_high": high})
+    return pd.DataFrame(rows, columns=KEYS + ["baseline_run", "category", "questions", "conversations", "delta",
+                                              "ci_low", "ci_high"])
 
 
-def retention_deltas(data, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def retention_deltas(data, *, n_boot: int = 2000, seed: int = 0, min_units: int = MIN_UNITS) -> pd.DataFrame:
     """MMLU: per group, the accuracy (%) change from the base model to the adapted state (`memory`) and to its
-    export (`dense`), paired by question (each book's answers against the base's), with bootstrap intervals."""
+    export (`dense`), each book's answer against the base's on the same question; the interval resamples
+    questions (one question's answers after every book move together): `questions` of them."""
     mmlu, _ = with_keys(data.mmlu if isinstance(data, Runs) else data)
-    base = mmlu[mmlu["variant"] == "base"].drop_duplicates("question_id")[["question_id", "correct"]]
+    question = ["subject", "question_id"]
+    base = mmlu[mmlu["variant"] == "base"].drop_duplicates(question)[question + ["correct"]]
     rows = []
     for key, group in mmlu[mmlu["variant"] != "base"].groupby(KEYS, dropna=False, sort=True):
         for variant in ("memory", "dense"):
-            paired = group[group["variant"] == variant].merge(base, on="question_id", suffixes=("", "_base"))
+            paired = group[group["variant"] == variant].merge(base, on=question, suffixes=("", "_base"))
             diff = 100 * (paired["correct"].astype(float) - paired["correct_base"].astype(float))
-            mean, low, high = paired_mean_bootstrap(diff, n_boot=n_boot, seed=seed)
-            rows.append({**dict(zip(KEYS, key)), "variant": variant, "answers": len(paired), "delta": mean,
-                         "ci_low": low, "ci_high": high})
-    return pd.DataFrame(rows, columns=KEYS + ["variant", "answers", "delta", "ci_low", "ci_high"])
+            mean, low, high, questions = cluster_mean_bootstrap(
+                diff, paired["subject"].astype(str) + "/" + paired["question_id"].astype(str), n_boot=n_boot,
+                seed=seed, min_units=min_units)
+            rows.append({**dict(zip(KEYS, key)), "variant": variant, "books": paired[BOOK].nunique(),
+                         "answers": len(paired), "questions": questions, "delta": mean, "ci_low": low,
+                         "ci_high": high})
+    return pd.DataFrame(rows, columns=KEYS + ["variant", "books", "answers", "questions", "delta", "ci_low",
+                                              "ci_high"])

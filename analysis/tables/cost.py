@@ -1,0 +1,82 @@
+"""Cost like with like: accelerator seconds per token on the books both runs finished, and a ratio only
+between runs that adapted books in batches of the same size (docs/protocols.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import KEYS, Runs
+from analysis.frames import BOOK, with_keys
+from analysis.tables.comparisons import _baselines, _settings
+from locas.tasks.pg19.tables import stopped_books, without_books
+
+
+def batch_sizes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per group: `batch_size`, the batch its units ran in (the rows' stamp; a run resumed at another batch
+    size: "mixed"; rows written before the stamp: NaN, "not recorded")."""
+    frame, _ = with_keys(frame)
+    if "batch_size" not in frame:
+        return frame[KEYS].drop_duplicates().assign(batch_size=np.nan)
+
+    def one(values: pd.Series):
+        known = values.dropna().unique()
+        return int(known[0]) if len(known) == 1 else ("mixed" if len(known) else np.nan)
+
+    return frame.groupby(KEYS, dropna=False)["batch_size"].agg(one).reset_index()
+
+
+def _rate(frame: pd.DataFrame) -> float:
+    tokens = frame["scored_tokens"].sum()
+    return frame["seconds"].sum() / tokens * 1000 if tokens else np.nan
+
+
+def cost_table(data, windows: pd.DataFrame | None = None, *, baseline: str = "none",
+               baseline_run: str | None = None) -> pd.DataFrame:
+    """The paper's cost columns per group, over its completed books: `books`, `tokens` (scored),
+    `trainable_params` (0 for the frozen baseline), `gpu_seconds` (Σ book seconds: each book's share of the
+    accelerator time of the batched window steps it was in, plus its memorize), `gpu_s_per_1k_tokens`,
+    `batch_size`; then against the comparable baseline on the books both finished (`paired_books`):
+    `baseline_run`, `baseline_batch_size`, `gpu_s_per_1k_paired` and `baseline_gpu_s_per_1k_paired` (the
+    same books), and `time_vs_none`, their ratio (the paper's "1.8×"), only when both batch sizes are known
+    and equal; `cost_note` says why a ratio is not given."""
+    books, windows = (data.books, data.windows) if isinstance(data, Runs) else (data, windows)
+    books, _ = with_keys(books)
+    books = _settings(without_books(books, stopped_books(windows, books)))
+    if "trainable_params" not in books.columns:
+        books = books.assign(trainable_params=np.nan)
+    agg = (books.groupby(KEYS, dropna=False)
+           .agg(books=(BOOK, "nunique"), tokens=("scored_tokens", "sum"), trainable_params=("trainable_params", "max"),
+                gpu_seconds=("seconds", "sum")).reset_index())
+    is_base = agg["method"] == baseline
+    agg.loc[is_base, "trainable_params"] = agg.loc[is_base, "trainable_params"].fillna(0)
+    agg["gpu_s_per_1k_tokens"] = agg["gpu_seconds"] / agg["tokens"].where(agg["tokens"] > 0) * 1000
+    agg = agg.merge(batch_sizes(books), on=KEYS, how="left")
+    batch = {tuple(r[:3]): r[3] for r in agg[KEYS + ["batch_size"]].itertuples(index=False, name=None)}
+
+    base = books[books["method"] == baseline]
+    chosen = {key: group for key, group in base.groupby(KEYS, dropna=False)}
+    chosen.update(_baselines(books[books["method"] != baseline], base, baseline_run, "cost", warn=True))
+    rows = []
+    for key, mine in books.groupby(KEYS, dropna=False):
+        other = chosen.get(key)
+        if other is None:
+            rows.append({**dict(zip(KEYS, key)), "cost_note": "no comparable baseline"})
+            continue
+        other_key = tuple(other[KEYS].iloc[0])
+        shared = set(mine[BOOK]) & set(other[BOOK])
+        ours, theirs = _rate(mine[mine[BOOK].isin(shared)]), _rate(other[other[BOOK].isin(shared)])
+        a, b = batch.get(key), batch.get(other_key)
+        known = all(isinstance(x, (int, np.integer)) for x in (a, b))
+        note = (None if known and a == b else
+                f"batch {_batch_text(a)} vs {_batch_text(b)}: no ratio (batching changes the time per token)")
+        rows.append({**dict(zip(KEYS, key)), "baseline_run": other_key[0], "baseline_batch_size": b,
+                     "paired_books": len(shared), "gpu_s_per_1k_paired": ours, "baseline_gpu_s_per_1k_paired": theirs,
+                     "time_vs_none": ours / theirs if note is None and theirs else np.nan, "cost_note": note})
+    columns = KEYS + ["baseline_run", "baseline_batch_size", "paired_books", "gpu_s_per_1k_paired",
+                      "baseline_gpu_s_per_1k_paired", "time_vs_none", "cost_note"]
+    return agg.merge(pd.DataFrame(rows).reindex(columns=columns), on=KEYS, how="left")
+
+
+def _batch_text(value) -> str:
+    return "not recorded" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
