@@ -225,3 +225,14 @@ def test_a_block_wider_than_the_mlp_is_refused_before_anything_runs(tiny_model):
 
     with pytest.raises(LocasError, match="--expand_width 200 is larger than the model's MLP"):
         check_model_config(tiny_model.config, cfg(expand_width=200, expand_max_width=None), as_flags=True)
+
+
+def test_the_report_names_an_expanding_width_and_never_sets_the_papers_figure_beside_it():
+    from analysis.reporting.paper import run_setting
+
+    config = {"adapt": {"method": "locas", "memory_width": 64, "window_size": 2048}}
+    assert run_setting({"config": config})["width"] == 64
+    config["adapt"].update(expand_every="8192", expand_width=16, expand_max_width=128)
+    assert run_setting({"config": config})["width"] == "64→128 (+16 per 8192 tokens)"
+    config["adapt"].update(expand_every="session", expand_width=None, expand_max_width=None)
+    assert run_setting({"config": config})["width"] == "64→unbounded (+64 per session)"
