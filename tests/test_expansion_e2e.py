@@ -88,3 +88,21 @@ def test_a_resumed_expanding_run_equals_one_run_through(ray_local, tinylm_path, 
     assert rows(tmp_path / "through") == rows(tmp_path / "resumed")
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert summary["final_width"] == 32 and summary["trainable_params"] == 3 * 8 * 256 * 32
+
+
+@pytest.mark.slow
+def test_a_locomo_run_grows_per_session_from_the_command_line(ray_local, tiny_path, tmp_path):
+    from locas.tasks.locomo.demo import sample_conversation
+    from orchestration import run_locomo
+
+    data = tmp_path / "locomo.json"
+    data.write_text(json.dumps([sample_conversation("c0", seed=0, sessions=4)]))
+    out = tmp_path / "locomo"
+    argv = ["--model", str(tiny_path), "--data", str(data), "--output", str(out), "--dtype", "float32",
+            "--memory_width", "8", "--window_size", "512", "--expand_every", "session", "--expand_width", "4",
+            "--answer_context", "none", "--max_questions", "2", "--no_progress"]
+    assert run_locomo.main(argv) == 0
+    conversation = next(r for r in read_rows(out) if r["kind"] == "conversation")
+    assert conversation["widths"] == [8, 12, 16, 20] and conversation["final_width"] == 20
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_width"] == 20 and summary["trainable_params"] == 3 * 2 * 64 * 20
