@@ -47,6 +47,11 @@ class Method:
         self.model, self.cfg = model, cfg
 
     @classmethod
+    def create(cls, model: CausalLMWithMemory, cfg: AdaptConfig) -> Method:
+        """The method object for `cfg` (a method whose options pick a variant of it overrides this)."""
+        return cls(model, cfg)
+
+    @classmethod
     def check_model(cls, config, cfg: AdaptConfig, name: Name) -> None:
         """Refuse, before anything loads, a model (its HF config) that cannot take `cfg`."""
 
@@ -121,6 +126,15 @@ class LocasMemory(Method):
     name, description = "locas", "memory"
     default_lr, default_steps = 4e-3, 1
     options = MemoryOptions
+
+    @classmethod
+    def create(cls, model: CausalLMWithMemory, cfg: AdaptConfig) -> Method:
+        """With `expand_every` set, its memory grows (locas/expanding_memory.py)."""
+        if cfg.expand_every is None:
+            return cls(model, cfg)
+        from locas.expanding_memory import ExpandingMemory
+
+        return ExpandingMemory(model, cfg)
 
     @classmethod
     def check_model(cls, config, cfg: AdaptConfig, name: Name) -> None:
@@ -258,9 +272,4 @@ for _builtin in (NoAdaptation, LocasMemory, TempLoRA):
 
 
 def make_method(model: CausalLMWithMemory, cfg: AdaptConfig) -> Method:
-    method_class = METHODS[cfg.method]
-    if method_class is LocasMemory and cfg.expand_every is not None:  # locas's own option: its memory grows
-        from locas.expanding_memory import ExpandingMemory
-
-        method_class = ExpandingMemory
-    return method_class(model, cfg)
+    return METHODS[cfg.method].create(model, cfg)
