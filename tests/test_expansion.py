@@ -22,13 +22,6 @@ from locas.tiny import sample_text
 NEW_FIELDS = ("expand_every", "expand_width", "expand_max_width")
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_path)
-
-
 def cfg(**kw):
     return AdaptConfig(**{"window_size": 48, "memory_width": 8, "lr": 1e-2, "expand_every": "96",
                           "expand_width": 4, "expand_max_width": 18, **kw})
