@@ -52,3 +52,15 @@ def number(value, whole: bool = False):
     if value is None or pd.isna(value):
         return None
     return float(value) if isinstance(value, (float, np.floating)) and not whole else int(value)
+
+
+def width_summary(units: pd.DataFrame | None) -> dict:
+    """An expanding memory's widths for a run's summary, from its book or conversation rows: `final_width` (the
+    widest unit's; `final_width_min` the narrowest's) and `trainable_params` (the widest unit's); {} for a fixed
+    width (its width is the config's `memory_width`)."""
+    if units is None or "final_width" not in units.columns or not units["final_width"].notna().any():
+        return {}
+    grown = units[units["final_width"].notna()]
+    return {"final_width": number(grown["final_width"].max(), whole=True),
+            "final_width_min": number(grown["final_width"].min(), whole=True),
+            "trainable_params": number(grown["trainable_params"].max(), whole=True)}

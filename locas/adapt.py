@@ -100,6 +100,7 @@ class Adapter:
                 active = [s for s in slots if s is not None]
                 batch = WindowBatch(active, self.width, device, pad=self.static_shapes)
                 started = clock.mark()
+                method.before_window(batch)
                 out = self.step_window(batch)
                 step = Step(started, clock.mark(), len(active))
                 flags = HostFlags(_non_finite(out))
@@ -122,7 +123,9 @@ class Adapter:
                     previous, previous_flags = [(s, s.next_window - 1) for s in active], flags
                 for slot in active:
                     if slot.index in bad or slot.last_window:
-                        yield slot.finish(bad.get(slot.index))  # the slot still holds this document's state
+                        result = slot.finish(bad.get(slot.index))
+                        method.annotate(result)
+                        yield result  # the slot still holds this document's state
                         slots[slot.index] = None
         finally:
             method.finish()

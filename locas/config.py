@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, fields
 
 from locas.errors import LocasError
+from locas.expansion import check_expansion
 from locas.methods import METHODS
 from locas.objectives import LOSSES, loss_aliases
 from locas.settings import Settings, choice, option
@@ -94,6 +95,7 @@ class AdaptConfig(Settings):
         for owner in _owners():  # every option is checked, whichever method and loss read it
             if owner.options is not None:
                 owner.options(**{f.name: self._option(owner, f.name) for f in fields(owner.options)})
+        object.__setattr__(self, "expand_every", check_expansion(self))  # needs the window: checked here
 
     def _option(self, owner, name: str):
         if not hasattr(self, name):

@@ -23,6 +23,7 @@ class Document:
     doc_id: str
     tokens: torch.Tensor  # (N,) token ids on the CPU
     windows: list[Window]
+    sections: list[int] | None = None  # indices of the windows that begin a section (a LoCoMo session)
 
 
 @dataclass
@@ -45,7 +46,8 @@ class DocumentResult:
     token_nll: torch.Tensor | None = None  # (N−1,) float32 CPU: the NLL of token p at p−1, of scored windows
     error: str | None = None
     memorize_seconds: float = 0.0
-    trainable_params: int = 0
+    trainable_params: int = 0  # at the end (an expanding memory's grow)
+    widths: list[int] | None = None  # an expanding memory's rows in force at each window
 
     @property
     def scored_tokens(self) -> int:

@@ -47,6 +47,11 @@ class Method:
         self.model, self.cfg = model, cfg
 
     @classmethod
+    def create(cls, model: CausalLMWithMemory, cfg: AdaptConfig) -> Method:
+        """The method object for `cfg` (a method whose options pick a variant of it overrides this)."""
+        return cls(model, cfg)
+
+    @classmethod
     def check_model(cls, config, cfg: AdaptConfig, name: Name) -> None:
         """Refuse, before anything loads, a model (its HF config) that cannot take `cfg`."""
 
@@ -72,11 +77,17 @@ class Method:
     def train_context(self):
         return contextlib.nullcontext()
 
+    def before_window(self, batch) -> None:
+        """Called before each window step (`WindowBatch`): an expanding memory grows here."""
+
     def step(self, slots: torch.Tensor) -> None:
         """One optimizer step for `slots` (those whose loss had support in this window)."""
 
     def trainable_parameters(self) -> int:
         return 0
+
+    def annotate(self, result) -> None:
+        """Add to a finished document's result what its rows record of the state (an expanding memory's widths)."""
 
     def export(self, slot: int):
         """A plain model carrying the slot's state (the frozen model itself for `none`)."""
@@ -97,6 +108,11 @@ class NoAdaptation(Method):
 class MemoryOptions(Settings):
     memory_width: int = option(64, "memory rows r per layer (memorize's keep_top)", sweep=True)
     memory_init: str = option("highest", "which MLP units seed the memory", choices=MEMORY_INITS, sweep=True)
+    expand_every: str | None = option(None, "grow the memory: 'session' (LoCoMo: before each dated session after "
+                                      "the first) or every N tokens (N >= window_size), by a block memorized on the "
+                                      "window ahead (locas/expansion.py); unset: a fixed width", added=True)
+    expand_width: int | None = option(None, "rows per block the memory grows by; unset: memory_width", added=True)
+    expand_max_width: int | None = option(None, "the widest the memory grows, in rows; unset: no limit", added=True)
 
     def __post_init__(self):
         choice("memory_init", self.memory_init, MEMORY_INITS)
@@ -112,10 +128,21 @@ class LocasMemory(Method):
     options = MemoryOptions
 
     @classmethod
+    def create(cls, model: CausalLMWithMemory, cfg: AdaptConfig) -> Method:
+        """With `expand_every` set, its memory grows (locas/expanding_memory.py)."""
+        if cfg.expand_every is None:
+            return cls(model, cfg)
+        from locas.expanding_memory import ExpandingMemory
+
+        return ExpandingMemory(model, cfg)
+
+    @classmethod
     def check_model(cls, config, cfg: AdaptConfig, name: Name) -> None:
         width = config.intermediate_size
         if cfg.memory_width > width:
             raise LocasError(f"{name('memory_width', cfg.memory_width)} is larger than the model's MLP ({width} units)")
+        if cfg.expand_width is not None and cfg.expand_width > width:
+            raise LocasError(f"{name('expand_width', cfg.expand_width)} is larger than the model's MLP ({width} units)")
 
     def start(self, num_slots: int) -> None:
         m = self.model
@@ -127,7 +154,8 @@ class LocasMemory(Method):
         fresh = self.model.memorize(first_window, keep_top=self.cfg.memory_width,
                                     memory_init=self.cfg.memory_init, seed=self.cfg.seed)
         with torch.no_grad():
-            self.memory[:, slot] = fresh[:, 0]
+            self.memory[:, slot, :fresh.shape[2]] = fresh[:, 0]
+            self.memory[:, slot, fresh.shape[2]:] = 0  # rows an expanding memory had added for the last document
         self.optimizer.reset(slot)
 
     def slot_memory(self, slots: torch.Tensor) -> torch.Tensor:
@@ -244,4 +272,4 @@ for _builtin in (NoAdaptation, LocasMemory, TempLoRA):
 
 
 def make_method(model: CausalLMWithMemory, cfg: AdaptConfig) -> Method:
-    return METHODS[cfg.method](model, cfg)
+    return METHODS[cfg.method].create(model, cfg)

@@ -22,6 +22,18 @@ class SlotAdamW:
         self.step_count[slot] = 0
 
     @torch.no_grad()
+    def resize(self, param: torch.Tensor) -> None:
+        """Go on with `param`, a resized copy of the parameter (same slots): the moments of entries it keeps stay,
+        those of new entries start at zero (an expanding memory's new rows)."""
+        def fit(state):
+            out = torch.zeros_like(param)
+            kept = tuple(slice(0, min(a, b)) for a, b in zip(state.shape, param.shape))
+            out[kept] = state[kept]
+            return out
+
+        self.param, self.exp_avg, self.exp_avg_sq = param, fit(self.exp_avg), fit(self.exp_avg_sq)
+
+    @torch.no_grad()
     def step(self, slots: torch.Tensor) -> None:
         """One AdamW update of the given slots (LongTensor of slot indices); the other slots are untouched."""
         if len(slots) == self.param.shape[1]:  # every slot: the state is updated where it lies

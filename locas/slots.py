@@ -109,7 +109,8 @@ class WindowBatch:
     position, and the score mask zeroes the padded targets."""
 
     def __init__(self, slots: list[Slot], width: int, device, pad: bool = True):
-        self.windows = [s.doc.windows[s.next_window] for s in slots]
+        self.window_indices = [s.next_window for s in slots]
+        self.windows = [s.doc.windows[k] for s, k in zip(slots, self.window_indices)]
         if not pad:
             width = max(w.end - w.start for w in self.windows)
         self.width = width

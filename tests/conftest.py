@@ -67,6 +67,14 @@ def tiny_model(tiny_path):
 
 
 @pytest.fixture(scope="session")
+def tokenizer(tiny_path):
+    """The tiny checkpoint's tokenizer, loaded as a user loads one."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_path)
+
+
+@pytest.fixture(scope="session")
 def tinylm_path():
     return require(TINYLM)
 

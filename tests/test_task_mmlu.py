@@ -25,13 +25,6 @@ def agreement(rows) -> float:
     return sum(memory[q] == dense[q] for q in memory) / len(memory)
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_path)
-
-
 def generated_questions(n=12, subject="sailing"):
     words = sample_text(40 * n, seed=7).split()
     return [Question(subject, f"{subject}:test:{i}", " ".join(words[40 * i:40 * i + 5 + i % 7]) + "?",

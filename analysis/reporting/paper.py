@@ -39,9 +39,19 @@ def run_setting(manifest: dict, method=None) -> dict:
     setting["method"] = setting["method"] or method
     width = width_field(setting["method"])
     setting["width"] = config.get(f"cfg_adapt_{width}") if width else None
+    if width and config.get("cfg_adapt_expand_every") is not None:  # the paper's width is fixed: never the same
+        setting["width"] = expanding_width(config, setting["width"])
     if width is None:
         setting["loss"] = None  # a frozen model trains on nothing
     return setting
+
+
+def expanding_width(config: dict, first: int) -> str:
+    """An expanding memory's width as the report names it, e.g. `32→128 (+16 per 8192 tokens)`."""
+    every, block = config["cfg_adapt_expand_every"], config.get("cfg_adapt_expand_width") or first
+    most = config.get("cfg_adapt_expand_max_width")
+    schedule = "session" if every == "session" else f"{every} tokens"
+    return f"{first}→{most if most is not None else 'unbounded'} (+{block} per {schedule})"
 
 
 def short_model(model) -> str:

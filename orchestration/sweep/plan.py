@@ -12,6 +12,7 @@ from locas.tasks import task
 from locas.tasks.pg19.data import refuse_test_books
 from orchestration.cli import Plan, build_parser, check_model, parse
 from orchestration.flags import add_flags, from_flags
+from orchestration.sweep.frontier import cost_levels
 from orchestration.sweep.space import expand_space, parse_space
 
 DEMO_GRID = ("memory_width=8,32", "memory_init=highest,random")
@@ -33,6 +34,8 @@ class SweepOptions(Settings):
     allow_test: bool = option(False, "allow sweeping on PG-19's test books (not advised)")
     test_data: str | None = option(None, "--data of the printed test command (default: this sweep's --data, "
                                    "whose test split it names)")
+    best_per: str | None = option(None, "settings that set a cost level, e.g. steps_per_window: the best trial of "
+                                  "each level goes into OUT/best_per_cost.yaml, a study of test runs beside Locas")
 
 
 def sweep_parser(parser_class=argparse.ArgumentParser, description: str | None = None) -> argparse.ArgumentParser:
@@ -70,6 +73,7 @@ def plan_sweep(argv, parser=None, demo_inputs: Path | None = None, check_models:
     space = parse_space(sweep.grid, sweep.sample, sweep.space, sweep.num_samples,
                         sweep.sample_seed if sweep.sample_seed is not None else plan.cfg.seed)
     configs = expand_space(space, plan.cfg)
+    cost_levels(sweep.best_per)
     refuse_test_books(plan.options.data, plan.options.split, allow_test=sweep.allow_test)
     if check_models:
         check_model(plan.spec, *configs)

@@ -28,7 +28,8 @@ right, "Not mentioned in the conversation"), `prediction` (as scored), `f1`, `f1
 adaptation time divided over its questions, so a conversation's seconds sum to its cost). A question that
 fails, or that the loader skipped (`load_locomo(strict=False)`), gives a `kind="error"` row instead. One
 `kind="conversation"` row leads: `conversation_id`, `tokens` and `windows` trained on, `seconds` of
-accelerator time the adaptation took, `trainable_params`.
+accelerator time the adaptation took, `trainable_params` (with an expanding memory, at the end, and
+`widths`, the rows in force per window, and `final_width`).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from locas.config import AdaptConfig
 from locas.contract import error_row
 from locas.documents import Document, Progress, chunk_windows
 from locas.errors import LocasError
+from locas.expansion import final_width
 from locas.metrics import score_qa
 from locas.model import CausalLMWithMemory
 from locas.tasks.batching import context_limit, in_batches, left_pad, pad_id_of
@@ -90,7 +92,9 @@ def conversation_document(tokenizer, conversation: Conversation, cfg: AdaptConfi
     if not windows:
         raise LocasError(f"conversation {conversation.sample_id}: too short to train on (fewer than 2 tokens)")
     tokens = torch.tensor([token for ids in chunks for token in ids], dtype=torch.long)
-    return Document(conversation.sample_id, tokens, windows)
+    session_starts = {lo for lo, _ in bounds}
+    sections = [k for k, w in enumerate(windows) if w.start in session_starts]
+    return Document(conversation.sample_id, tokens, windows, sections)
 
 
 # --- answering -----------------------------------------------------------------------------------------
@@ -275,7 +279,7 @@ def run_locomo_conversation(model: CausalLMWithMemory, tokenizer, conversation: 
     rows += [_question_error(conversation, item.question_id, item.error) for item in skipped]
     adaptation = {"kind": "conversation", "conversation_id": conversation.sample_id, "tokens": len(doc.tokens),
                   "windows": len(result.windows), "seconds": result.seconds,
-                  "trainable_params": result.trainable_params}
+                  "trainable_params": result.trainable_params, **final_width(result, per_window=True)}
     return [adaptation] + sorted(rows, key=lambda row: _question_index(row["question_id"]))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.frames import number, with_keys
+from analysis.frames import number, width_summary, with_keys
 from analysis.load import Runs
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
@@ -63,4 +63,4 @@ def locomo_summary(data) -> dict:
     for name in [*CATEGORIES.values(), ADVERSARIAL_REPORT]:
         key = "f1_" + name.replace(" (report)", "_report").replace("-", "_")
         summary[key] = number(row.get(name)) if len(qa) else None
-    return summary
+    return {**summary, **width_summary(runs.conversations if runs is not None else None)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+from locas.expansion import without_sessions
 from locas.settings import Settings, option
 from locas.tasks import Task, adapt_config, lazy, make_unit, split_list, unit_progress
 from locas.tasks.pg19.data import TEXT_NORMALIZATION
@@ -58,4 +59,4 @@ def checks_done(rows: list[dict]) -> int:
 
 TASK = Task("mmlu", MMLUOptions, mmlu_units, run_mmlu, lazy("locas.tasks.mmlu.tables", "mmlu_summary"),
             lazy("locas.tasks.mmlu.tables", "mmlu_table"), "checks", "questions", checks_done,
-            lazy("locas.tasks.mmlu.demo", "demo_inputs"), text=TEXT_NORMALIZATION)
+            lazy("locas.tasks.mmlu.demo", "demo_inputs"), without_sessions, text=TEXT_NORMALIZATION)

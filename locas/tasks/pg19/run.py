@@ -11,6 +11,7 @@ from locas.config import AdaptConfig
 from locas.contract import BUCKET_WIDTH, error_row, ppl
 from locas.documents import Document, DocumentResult, Progress, Source, WindowResult, sliding_windows
 from locas.errors import LocasError
+from locas.expansion import final_width, window_width
 from locas.model import CausalLMWithMemory
 from locas.tasks.pg19.data import Book
 
@@ -52,13 +53,14 @@ def book_rows(result: DocumentResult, book: Book) -> list[dict]:
     its share of the batched step, a book's is its memorize plus its windows'."""
     windows = [{"kind": "window", "book_id": book.book_id, "window": w.window, "start": w.start,
                 "scored_tokens": w.scored_tokens, "nll_sum": w.nll_sum, "cuts": window_cuts(result.token_nll, w),
-                "train_loss": w.train_loss, "seconds": w.seconds} for w in result.windows]
+                "train_loss": w.train_loss, "seconds": w.seconds, **window_width(result, w.window)}
+               for w in result.windows]
     scored, nll = result.scored_tokens, result.nll_sum
     book_row = {"kind": "book", "book_id": book.book_id, "title": book.title, "tokens": len(result.doc.tokens),
                 "scored_tokens": scored, "nll_sum": nll,
                 "ppl": ppl(nll, scored) if scored and math.isfinite(nll) else None,
                 "seconds": result.seconds, "memorize_seconds": result.memorize_seconds,
-                "trainable_params": result.trainable_params, "error": result.error}
+                "trainable_params": result.trainable_params, "error": result.error, **final_width(result)}
     return windows + [book_row]
 
 

@@ -6,7 +6,18 @@ import warnings
 
 import pandas as pd
 
-from analysis.frames import BOOK, BUCKET_WIDTH, PPL_AT, exp_ratio, grouped, merge, number, pg19_frames, with_keys
+from analysis.frames import (
+    BOOK,
+    BUCKET_WIDTH,
+    PPL_AT,
+    exp_ratio,
+    grouped,
+    merge,
+    number,
+    pg19_frames,
+    width_summary,
+    with_keys,
+)
 from analysis.load import KEYS, Runs
 
 __all__ = ["book_ppl", "book_tokens", "completed", "pg19_summary", "pg19_table", "pg19_view", "segments",
@@ -153,7 +164,7 @@ def pg19_summary(data, books: pd.DataFrame | None = None, *, ns=PPL_AT) -> dict:
     summary = {key: number(row.get(key), whole=key in counts) for key in keys}
     if isinstance(data, Runs):
         summary["errors"] = len(data.errors)
-    return summary
+    return {**summary, **width_summary(books)}
 
 
 def pg19_view(table: pd.DataFrame, what: str = "ppl", *, ns=PPL_AT, by=None) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+from locas.expansion import without_sessions
 from locas.settings import Settings, option
 from locas.tasks import Task, adapt_config, lazy, make_unit, split_list, sum_of
 from locas.tasks.pg19.data import TEXT_NORMALIZATION
@@ -52,4 +53,4 @@ run_pg19.latency = pg19_latency  # the step-latency model its batches are sized 
 
 TASK = Task("pg19", PG19Options, pg19_units, run_pg19, lazy("locas.tasks.pg19.tables", "pg19_summary"),
             lazy("locas.tasks.pg19.tables", "book_table"), "books", "tokens", sum_of("book", "tokens"),
-            lazy("locas.tasks.pg19.demo", "demo_inputs"), batches=True, text=TEXT_NORMALIZATION)
+            lazy("locas.tasks.pg19.demo", "demo_inputs"), without_sessions, batches=True, text=TEXT_NORMALIZATION)
