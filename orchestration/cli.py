@@ -99,7 +99,7 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
     """Flags → configs (`parser`: a script's own, with flags of its own beside the task's). `--demo` fills in
     the task's demo inputs (`demo_name` names the run, default the task; made under `demo_inputs`, default the
     run's own folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
-    from orchestration.cluster import quiet_console
+    from orchestration.progress import quiet_console
 
     parser = parser or build_parser(task, description)
     args = parser.parse_args(argv)

@@ -165,20 +165,6 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False  # read once, when Ray was imported
 
 
-def quiet_console(verbose: bool) -> None:
-    """Unless `verbose`: no Tune banners or tables (its old, silent output engine), no progress bars of the
-    Hugging Face libraries and only their errors, MLflow's warnings only, on the driver (actors' output stays
-    in Ray's logs)."""
-    if verbose:
-        return
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-
-
 def start_ray(demo: bool = False, verbose: bool = False) -> bool:
     """Join the running cluster if there is one, else start a local Ray on loopback (always for --demo: 2 CPUs,
     no dashboard). Returns whether this process started the Ray it is connected to. Unless `verbose`, actors'
@@ -186,6 +172,8 @@ def start_ray(demo: bool = False, verbose: bool = False) -> bool:
     import logging
 
     import ray
+
+    from orchestration.progress import quiet_console
 
     quiet_console(verbose)
     if ray.is_initialized():

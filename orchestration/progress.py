@@ -7,11 +7,28 @@ its worker says how far it is (windows and questions done of their totals, token
 running unit's size times its fraction done. The ETA extrapolates the time per unit of size done so far over
 the size left, and the rate counts the finished units' rows plus what the running ones said. Both count the
 time from when a worker first took a unit (after loading its model: loading is not work).
+
+Beside the bar the console shows the tables, and not what the libraries print (`quiet_console`).
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+
+
+def quiet_console(verbose: bool) -> None:
+    """Unless `verbose`: no Tune banners or tables (its old, silent output engine), no progress bars of the
+    Hugging Face libraries and only their errors, MLflow's warnings only, on the driver (actors' output stays
+    in Ray's logs)."""
+    if verbose:
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
 
 def format_seconds(s: float) -> str:
@@ -106,16 +123,21 @@ class Progress:
 
 class Polls:
     """The driver asking busy actors how far their units are (`Worker.progress`), at most every `every`
-    seconds each, without waiting: the answers are refs the scheduler's loop waits on with its others."""
+    seconds each, without waiting: each scheduler step takes the answers that are in and asks again."""
 
     def __init__(self, progress, every: float = 1.0):
         self.progress, self.every = progress, every
         self.pending: dict = {}  # ref → the actor asked
         self.asked: dict[int, float] = {}  # id(actor) → when it was last asked
 
-    def ask(self, actors, now: float) -> None:
+    def step(self, actors, now: float) -> None:
+        import ray
+
         if self.progress is None:
             return
+        if self.pending:
+            for ref in ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)[0]:
+                self.answer(ref)
         waiting = {id(actor) for actor in self.pending.values()}
         for actor in actors:
             if actor.jobs and actor.stream is not None and id(actor) not in waiting \

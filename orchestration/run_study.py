@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None):
     from locas.errors import LocasError
-    from orchestration.cluster import quiet_console
+    from orchestration.progress import quiet_console
     from orchestration.study import plan_study, run_study
 
     args = _parser().parse_args(argv)

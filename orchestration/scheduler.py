@@ -62,11 +62,9 @@ class Scheduler:
     """Runs units on up to `num_workers` actors made by `make_worker()` (a Ray actor handle of
     `remote_worker_class`), writing each unit to its run folder as it finishes.
 
-    `progress` (a Progress, or None) hears how far the running units are (`Polls`) and advances per
-    finished unit; `on_rows(unit, rows, status)` is called after a
-    unit is in its folder. `latency` fixes the step-latency model instead of measuring it on each actor.
-    `run` returns counts: total, skipped, done, failed, requeued (units retried after their actor died),
-    worker_deaths (actors lost and replaced), seconds."""
+    `progress` (a Progress, or None) hears running units (`Polls`), advances per unit; `on_rows(unit, rows,
+    status)` is called after a unit is in its folder; `latency` fixes the step-latency model (else measured
+    per actor). `run` returns counts: total, skipped, done, failed, requeued, worker_deaths, seconds."""
 
     def __init__(self, make_worker: Callable[[], object], stores: RunStore | dict, num_workers: int,
                  max_attempts: int = 2, progress: Progress | None = None,
@@ -80,8 +78,7 @@ class Scheduler:
         self.pending: list[_Job] = []  # longest first, then input order
         self.actors: list[_Actor] = []
         self.starting: dict = {}  # pending ref → actor not started yet
-        self.by_stream: dict = {}  # stream → actor
-        self.polls = Polls(progress)
+        self.by_stream, self.polls = {}, Polls(progress)  # stream → actor; the questions about progress
         self.created: list = []  # every handle made here, killed at the end
         self.counts: dict = {}
         self.remaining = 0
@@ -232,19 +229,15 @@ class Scheduler:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def _step(self) -> None:
-        """Wait (at most a second) for an actor to start, one unit's rows, a death or an answer about
-        progress, and handle it."""
+        """Wait (at most a second) for an actor to start, one unit's rows, or a death, and handle it."""
         import ray
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
-        self.polls.ask(self.actors, self._now())
-        ready, _ = ray.wait([*self.starting, *self.by_stream, *self.polls.pending], num_returns=1, timeout=1.0)
+        self.polls.step(self.actors, self._now())  # how far running units are, for the bar
+        ready, _ = ray.wait([*self.starting, *self.by_stream], num_returns=1, timeout=1.0)
         if not ready:
             if self.progress is not None:
                 self.progress.tick()
-            return
-        if ready[0] in self.polls.pending:
-            self.polls.answer(ready[0])
             return
         if ready[0] in self.starting:
             self._started(ready[0])

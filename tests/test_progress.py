@@ -52,7 +52,8 @@ def test_a_run_shows_real_tokens_per_second_and_eta_inside_its_first_unit(ray_lo
     runner = bench.simulated_runner(StepLatency.parse(f"1:{latency}"), 1.0)
 
     def make():
-        return remote_worker_class(0).remote(ModelSpec(model="none", device="cpu"), {"bench": runner}, bench.fake_loader)
+        spec = ModelSpec(model="none", device="cpu")
+        return remote_worker_class(0).remote(spec, {"bench": runner}, bench.fake_loader)
 
     store = RunStore(tmp_path / "run").open("bench", {"x": 1}, "r")
     bar = Watched("bench", "units", "tokens", lambda rows: sum(r["windows"] for r in rows) * bench.TOKENS_PER_WINDOW,

@@ -39,7 +39,8 @@ def mlflow_server(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "art")]
+               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+               "--artifacts-destination", str(folder / "art")]
     log = open(folder / "server.log", "w")  # noqa: SIM115 - the server writes it until the session ends
     server = subprocess.Popen(command, cwd=folder, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     uri = f"http://127.0.0.1:{port}"
@@ -101,7 +102,8 @@ def test_a_killed_and_resumed_run_is_one_mlflow_run_with_its_config_and_summary(
                                                                                 tmp_path, experiment, mlflow_server):
     client, name = experiment
     out = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "orchestration" / "run_pg19.py"), *flags(tiny_path, books, out, mlflow_server)]
+    script = str(ROOT / "orchestration" / "run_pg19.py")
+    command = [sys.executable, script, *flags(tiny_path, books, out, mlflow_server)]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
