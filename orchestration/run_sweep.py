@@ -21,7 +21,7 @@ import os
 
 from locas.errors import LocasError
 from locas.tasks import split_list
-from locas.tasks.pg19.data import load_books, refuse_test_books, test_source
+from locas.tasks.pg19.data import load_books, refuse_test_books
 from orchestration.cli import cli_main, resolve_output
 from orchestration.sweep.frontier import cost_levels, write_frontier
 from orchestration.sweep.plan import plan_sweep, sweep_parser
@@ -77,7 +77,7 @@ def main(argv=None):
     if sweep.best_per and result.best_command:
         path, command = write_frontier(result.trials_csv.parent, result.table, cost_levels(sweep.best_per),
                                        {c.config_id: c for c in configs}, plan.spec,
-                                       sweep.test_data or test_source(plan.options.data), plan.run.num_gpus)
+                                       sweep.test_data or plan.options.data, plan.run.num_gpus)
         print(f"best per {sweep.best_per}: {path}; on the test set, beside Locas, run:\n{command}")
     print(f"trials: {result.trials_csv}\nsummary: {result.trials_csv.parent / 'summary.json'}")
 
