@@ -33,10 +33,13 @@ def book_windows(window: int = 2048, chars_per_token: float = 4.3) -> list[int]:
         return [math.ceil(int(row["chars_lf"]) / chars_per_token / (window - 1)) for row in csv.DictReader(handle)]
 
 
+TOKENS_PER_WINDOW = 100
+
+
 def simulated_runner(latency: StepLatency, scale: float):
     """A task runner that sleeps instead of adapting: a step of b units (at most `slots`) takes
-    latency(b)·scale and moves each of them one window on; a freed slot takes the next unit at once. Its
-    `latency` is the table."""
+    latency(b)·scale and moves each of them one window (TOKENS_PER_WINDOW tokens) on, which it tells
+    `progress`; a freed slot takes the next unit at once. Its `latency` is the table."""
     def run(model, units, slots, progress):
         active: dict[str, list] = {}  # unit_id → [unit, windows left, batch it joined, step it joined]
         step = 0
@@ -49,6 +52,9 @@ def simulated_runner(latency: StepLatency, scale: float):
             step += 1
             for unit_id, entry in list(active.items()):
                 entry[1] -= 1
+                if progress is not None:
+                    done = entry[0].payload["windows"] - entry[1]
+                    progress(unit_id, windows=(done, entry[0].payload["windows"]), tokens=done * TOKENS_PER_WINDOW)
                 if entry[1] == 0:
                     unit, _, joined, at = active.pop(unit_id)
                     yield unit_id, [{"kind": "bench", "windows": unit.payload["windows"], "joined_batch": joined,

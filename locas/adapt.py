@@ -20,7 +20,7 @@ import torch
 
 from locas.checks import check_model_config
 from locas.config import AdaptConfig
-from locas.documents import Document, DocumentResult, Source, sliding_windows
+from locas.documents import Document, DocumentResult, Progress, Source, sliding_windows
 from locas.errors import LocasError
 from locas.methods import make_method
 from locas.model import CausalLMWithMemory
@@ -82,10 +82,11 @@ class Adapter:
         return StepOutput(nll, train_loss)
 
     # ---- the loop ---------------------------------------------------------------------------------------
-    def run(self, documents: Iterable[Document] | Source, batch_size: int = 1, progress=None) -> Iterator[DocumentResult]:
+    def run(self, documents: Iterable[Document] | Source, batch_size: int = 1,
+            progress: Progress | None = None) -> Iterator[DocumentResult]:
         """Yield each document's result as it finishes (see DocumentResult). `documents` is a list or a
         Source whose documents may arrive while it runs: a free slot takes the next one at once. `progress`
-        (a tqdm-like bar) advances by one per document window."""
+        (a Progress callback) hears after each step, per document, its windows done and tokens read."""
         method, device = self.method, self.model.device
         num_slots = max(1, min(batch_size, method.max_slots or batch_size))
         method.start(num_slots)
@@ -106,7 +107,10 @@ class Adapter:
                 for k, slot in enumerate(active):
                     slot.record(out.token_nll[k], None if out.train_loss is None else out.train_loss[k], step)
                 if progress is not None:
-                    progress.update(len(active))
+                    for slot in active:
+                        windows = slot.doc.windows
+                        progress(slot.doc.doc_id, windows=(slot.next_window, len(windows)),
+                                 tokens=windows[slot.next_window - 1].end)
                 bad = {}  # slot index → its first non-finite window
                 if previous_flags is not None:  # read while this step runs
                     bad = {s.index: w for (s, w), flag in zip(previous, previous_flags.read())
@@ -154,23 +158,20 @@ def _non_finite(out: StepOutput) -> torch.Tensor:
 
 
 def adapt_documents(model: CausalLMWithMemory, documents: Iterable[Document], cfg: AdaptConfig,
-                    batch_size: int = 1) -> Iterator[DocumentResult]:
+                    batch_size: int = 1, progress: Progress | None = None) -> Iterator[DocumentResult]:
     """Adapt to each document online (evaluate, then update), `batch_size` documents at a time."""
-    return Adapter(model, make_method(model, cfg), cfg).run(documents, batch_size)
+    return Adapter(model, make_method(model, cfg), cfg).run(documents, batch_size, progress)
 
 
 @contextlib.contextmanager
-def adapted(model: CausalLMWithMemory, document: Document, cfg: AdaptConfig, progress=None, desc: str = "adapting"):
+def adapted(model: CausalLMWithMemory, document: Document, cfg: AdaptConfig, progress: Progress | None = None):
     """Adapt to one document, then hold its adapted state: inside the block every forward of `model` (and
     `generate`) runs with it, without gradients. Yields (result, method); `method.export(result.slot)` is
     the state as a plain model. A non-finite loss raises LocasError: answers under a broken state mean
-    nothing. `progress` (a tqdm-like class) shows the windows trained on."""
+    nothing. `progress` hears the windows trained on."""
     method = make_method(model, cfg)
-    bar = progress(total=len(document.windows), desc=desc, unit="window") if progress else None
-    with contextlib.closing(Adapter(model, method, cfg).run([document], progress=bar)) as results:
+    with contextlib.closing(Adapter(model, method, cfg).run([document], progress=progress)) as results:
         result = next(results)
-        if bar is not None:
-            bar.close()
         if result.error:
             raise LocasError(f"adaptation on {document.doc_id} failed ({result.error})")
         with torch.no_grad(), method.forward_context(torch.tensor([result.slot], device=model.device)):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import torch
 
@@ -83,6 +83,14 @@ def chunk_windows(chunk_bounds: list[tuple[int, int]], window_size: int) -> list
             if end - start >= 2:
                 windows.append(Window(start, end, start + 1))
     return windows
+
+
+class Progress(Protocol):
+    """Where a task says how far it is inside a document, as it goes: `progress(doc_id, **counts)` with
+    cumulative counts: `windows=(done, total)`, `tokens=` positions read so far, `questions=(done, total)`.
+    The worker passes one on to the driver's progress bar; the library itself never prints."""
+
+    def __call__(self, doc_id: str, **counts) -> None: ...
 
 
 class Source:

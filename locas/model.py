@@ -318,7 +318,7 @@ def load_for_worker(spec) -> CausalLMWithMemory:
     is "cpu" or "cuda" here (the worker resolves "auto")."""
     from transformers import AutoTokenizer
 
-    dtype = getattr(torch, spec.dtype)
+    dtype = getattr(torch, spec.on(spec.device == "cuda").dtype)
     path = spec.model
     if Path(path).expanduser().exists():
         path = str(Path(path).expanduser())

@@ -16,13 +16,14 @@ from locas.errors import LocasError
 
 
 def option(default, help: str, *, aliases: tuple[str, ...] = (), choices=None, selects: bool = False,
-           sweep: bool = False, added: bool = False):
+           sweep: bool = False, added: bool = False, const=None):
     """A config field with its flag: help text, other flag names, allowed values. `selects` marks an option
     that only chooses which units run (more books later extend the same run), not what a unit computes;
     `sweep` one that a sweep may vary. `added` marks a field added after ids were in use: unset (None), it is
-    left out of `to_dict`, so of every config and run id, and the ids of earlier runs stay valid."""
+    left out of `to_dict`, so of every config and run id, and the ids of earlier runs stay valid. `const` is
+    the value of the flag given without one."""
     return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices, "selects": selects,
-                                            "sweep": sweep, "added": added})
+                                            "sweep": sweep, "added": added, "const": const})
 
 
 def choice(name, value, allowed):

@@ -21,7 +21,7 @@ from locas.contract import FAILED
 from locas.errors import LocasError
 from locas.run_folder import SUMMARY, StoreError, read_json, read_ledger
 from locas.tasks import Task, task
-from orchestration.flags import add_flags, from_flags
+from orchestration.flags import HelpFormatter, add_flags, from_flags
 from orchestration.tasks import resolved
 
 EXIT_FAILED_UNITS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -36,8 +36,8 @@ class RunOptions(Settings):
                                 "folder of the head (the job's own folder is a temporary copy)")
     num_gpus: int = option(0, "GPU actors, one GPU each; 0 runs on CPU actors")
     num_workers: int = option(1, "CPU actors when --num_gpus is 0")
-    batch_size: int | None = option(None, "PG-19 books adapted at once per actor; unset: on GPUs what the method "
-                                    "and loss allow (e.g. 8 for NTP, 4 for SD/MIX, 1 for LoRA), else 1")
+    batch_size: int | None = option(None, "units adapted at once per actor; unset: for PG-19 books on GPUs what "
+                                    "the method and loss allow (e.g. 8 for NTP, 4 for SD/MIX, 1 for LoRA), else 1")
     gpu_timeout: float = option(1200.0, "seconds to wait for the first GPU the autoscaler starts (--num_gpus > 0)")
     cluster_config: str | None = option(None, "the cluster yaml whose node types bound --num_gpus (default: "
                                         "~/ray_bootstrap_config.yaml, which `ray up` leaves on the head)")
@@ -46,6 +46,11 @@ class RunOptions(Settings):
                                       "unset: measured on each GPU actor when it starts (batches are sized with it)")
     demo: bool = option(False, "a tiny model and built-in text on a local Ray: the whole path in under 2 minutes")
     no_progress: bool = option(False, "no progress bar")
+    tracking: str | None = option(None, "log to MLflow at this tracking URI (default: MLFLOW_TRACKING_URI when set, "
+                                  "else no tracking); the flag alone: a sqlite file next to the run folder, "
+                                  "mlflow.db", const="embedded")
+    verbose: bool = option(False, "also show what stays in Ray's logs otherwise: the actors' output (model loading, "
+                           "library warnings), Ray's and Tune's banners and per-trial lines")
 
     def checked(self) -> "RunOptions":
         """Itself, once its numbers are in range and its latency table parses (before anything starts)."""
@@ -57,6 +62,10 @@ class RunOptions(Settings):
             from orchestration.policy import StepLatency
 
             StepLatency.parse(self.step_latency)
+        if self.output:
+            from orchestration.tracking import tracking_uri
+
+            tracking_uri(self.tracking, self.output)
         return self
 
 
@@ -74,11 +83,14 @@ class Plan:
 
 def build_parser(task: Task, description: str | None = None,
                  parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser = parser_class(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The task script's parser: every config's flags, whole names only (`--max_book` is refused, not taken
+    for `--max_books`)."""
+    parser = parser_class(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     add_flags(parser, ModelSpec, "model")
     add_flags(parser, AdaptConfig, "method, memory and optimizer")
     add_flags(parser, task.options, f"{task.name} data")
-    add_flags(parser, RunOptions, "run")
+    one_at_a_time = f"{task.things} at once per actor: {task.name} runs them one at a time, so only 1 is useful"
+    add_flags(parser, RunOptions, "run", helps={"batch_size": None if task.batches else one_at_a_time})
     return parser
 
 
@@ -87,8 +99,11 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
     """Flags → configs (`parser`: a script's own, with flags of its own beside the task's). `--demo` fills in
     the task's demo inputs (`demo_name` names the run, default the task; made under `demo_inputs`, default the
     run's own folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
+    from orchestration.progress import quiet_console
+
     parser = parser or build_parser(task, description)
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     if args.output:  # first, so that --demo puts its inputs under the folder the run will use
         args.output = str(resolve_output(args.output))
     if args.demo:
@@ -130,6 +145,7 @@ def run_task(task_name: str, argv=None, description: str | None = None) -> int:
     from orchestration.run import Part, run, units_line
 
     plan = parse(task(task_name), argv, description)
+    plan.spec = plan.spec.on(gpu=bool(plan.run.num_gpus))
     check_model(plan.spec, plan.cfg)
     part = Part.of(plan)
     if not part.units:

@@ -8,11 +8,14 @@
 - A cluster address that is found but does not answer (a head that stopped leaves its address in
   /tmp/ray/ray_current_cluster, and `ray.init()` would retry it for many minutes) is one LocasError line that
   names the address, where it came from and the way out, within seconds.
-- Joining leaves Ray's auth mode as the cluster and the environment have it (RAY_AUTH_MODE is never set here).
+- Joining leaves Ray's auth mode as the cluster and the environment have it (RAY_AUTH_MODE is never set here);
+  a cluster that refuses the driver's token (or its absence) is one LocasError line naming the way in.
   A local Ray started here listens on 127.0.0.1 only (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`: every address of
   its processes is the loopback one) and, RAY_AUTH_MODE being unset, Ray turns token auth on for it (the
   token in ~/.ray/auth_token).
-- Actors' output reaches the driver (`log_to_driver`); in a Ray job it is in `ray job logs`.
+- A quiet console: actors' output (their bars, library warnings) stays in Ray's logs and the dashboard, and
+  Ray's and Tune's banners are off; `verbose` brings them back (actors' output on the driver, or in
+  `ray job logs` for a Ray job).
 - Secrets named in SECRETS reach every actor through the job's runtime_env when the driver has them (unless
   the job was submitted with them already, `ray job submit --runtime-env-json`).
 - GPUs: the run asks the autoscaler for its GPUs (`request_resources`, one {"GPU": 1} bundle per actor), waits
@@ -107,6 +110,8 @@ def check_address(address: str, source: str) -> None:
     host, port = parsed
     dialled = _dialled(host) if "://" not in address else host
     if answers(dialled, port):
+        if "://" not in address:  # a GCS (not a Ray Client server): does it take this driver's token?
+            check_token(f"{dialled}:{port}", address, source)
         return
     if dialled != host and answers(host, port):
         raise LocasError(f"the Ray cluster at {address} (from {source}) listens on {host} only: set "
@@ -117,6 +122,30 @@ def check_address(address: str, source: str) -> None:
         way_out = f"delete {source} (left behind by a `ray start` head that stopped) to run on a local Ray"
     raise LocasError(f"no Ray cluster answers at {address} (from {source}): start its head again (`ray start "
                      f"--head`, `ray up`), or {way_out}")
+
+
+def check_token(gcs: str, address: str, source: str) -> None:
+    """Refuse, in one line and at once, a cluster whose GCS refuses the token this driver would send (or its
+    absence), instead of Ray's minute of retries: one call, as `ray.init()` would make it."""
+    import grpc
+    from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, get_authentication_mode
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    token = get_authentication_mode() == AuthenticationMode.TOKEN
+    header = AuthenticationTokenLoader.instance().get_token_for_http_header() if token else {}
+    with grpc.insecure_channel(gcs) as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=PROBE_SECONDS, metadata=list(header.items()))
+            return
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+                return  # anything else: Ray says what it makes of it
+    way_in = "its token in ~/.ray/auth_token (or RAY_AUTH_TOKEN) on this machine"
+    if not token:
+        raise LocasError(f"the Ray cluster at {address} (from {source}) requires token authentication: set "
+                         f"RAY_AUTH_MODE=token in this shell, with {way_in}")
+    raise LocasError(f"the Ray cluster at {address} (from {source}) refuses this driver's token: put {way_in}")
 
 
 def _secrets_env() -> dict[str, str]:
@@ -136,15 +165,22 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False  # read once, when Ray was imported
 
 
-def start_ray(demo: bool = False) -> bool:
+def start_ray(demo: bool = False, verbose: bool = False) -> bool:
     """Join the running cluster if there is one, else start a local Ray on loopback (always for --demo: 2 CPUs,
-    no dashboard). Returns whether this process started the Ray it is connected to."""
+    no dashboard). Returns whether this process started the Ray it is connected to. Unless `verbose`, actors'
+    output stays in Ray's logs and Ray says only its errors."""
+    import logging
+
     import ray
 
+    from orchestration.progress import quiet_console
+
+    quiet_console(verbose)
     if ray.is_initialized():
         return started_here()
     secrets = _secrets_env()
-    common = {"log_to_driver": True, **({"runtime_env": {"env_vars": secrets}} if secrets else {})}
+    common = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR,
+              **({"runtime_env": {"env_vars": secrets}} if secrets else {})}
     address, source = (None, "") if demo else cluster_address()
     if address is not None:
         check_address(address, source)

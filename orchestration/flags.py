@@ -15,6 +15,14 @@ from dataclasses import MISSING, fields
 from locas.config import Settings
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default, unless its help already says what leaving it unset means."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if action.default is None or "default" in text else super()._get_help_string(action)
+
+
 def _kind(annotation) -> tuple[type, bool]:
     """(the value type, whether None is allowed) of a field annotation such as `int | None`."""
     if typing.get_origin(annotation) is tuple:
@@ -23,14 +31,18 @@ def _kind(annotation) -> tuple[type, bool]:
     return (args[0] if args else annotation), type(None) in typing.get_args(annotation)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], title: str, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of `cls` (but `skip`): `--name` and its aliases, typed, with default and choices."""
+def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], title: str, skip: tuple[str, ...] = (),
+              helps: dict | None = None) -> None:
+    """One flag per field of `cls` (but `skip`): `--name` and its aliases, typed, with default and choices;
+    `helps` replaces the help text of some (a script for which the field's own text is wrong)."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in skip:
             continue
-        meta, (kind, _) = f.metadata, _kind(hints[f.name])
+        meta, (kind, _) = dict(f.metadata), _kind(hints[f.name])
+        if helps and helps.get(f.name):
+            meta["help"] = helps[f.name]
         names = [f"--{f.name}", *(f"--{alias}" for alias in meta.get("aliases", ()))]
         default = None if f.default is MISSING else f.default
         if kind is bool:
@@ -39,8 +51,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Settings], title: str, 
             group.add_argument(*names, dest=f.name, action="append", default=[], metavar=meta.get("metavar"),
                                help=meta.get("help"))
         else:
+            optional = {"nargs": "?", "const": meta["const"]} if meta.get("const") is not None else {}
             group.add_argument(*names, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
-                               help=meta.get("help"))
+                               help=meta.get("help"), **optional)
 
 
 def from_flags(args: argparse.Namespace, cls: type[Settings], **overrides):

@@ -34,6 +34,7 @@ class Part:
     done: int = 0
     failed: int = 0
     workers: set = field(default_factory=set)  # (node, device) of the actors that answered its units
+    tracker: object = None  # its MLflow run (orchestration.tracking.Tracker), when tracked
 
     @classmethod
     def of(cls, plan, folder: Path | None = None, label: str | None = None) -> "Part":
@@ -56,21 +57,28 @@ def cluster(pool, started: Callable[[bool], None] = lambda local: None):
     whether this process started Ray. The GPU request ends with the block."""
     from orchestration.cluster import gpus, start_ray
 
-    local = start_ray(pool.demo)
+    local = start_ray(pool.demo, pool.verbose)
     started(local)
     with gpus(pool.num_gpus, pool.gpu_timeout, pool.cluster_config, local):
         yield local
 
 
-def run(parts: list[Part], pool, on_update: Callable | None = None) -> Result:
+def run(parts: list[Part], pool, on_update: Callable | None = None, parent: str | None = None) -> Result:
     """Run every unit of `parts` not yet finished on one pool of actors (`pool`: an `orchestration.cli.RunOptions`),
     then write each part's summary. `on_update(part)` is called once every store is open (part None) and after
-    each unit of a part is in its folder."""
+    each unit of a part is in its folder. A folder that holds another run is refused before Ray starts. With a
+    tracking URI (`orchestration.tracking`) each part is an MLflow run, nested under the run id `parent`."""
+    from orchestration.store import RunStore
+    from orchestration.tracking import tracking_uri
+
+    for part in parts:
+        RunStore(part.folder).refuse_other(part.plan.task.name, part.config, part.run_id)
+    uri = tracking_uri(pool.tracking, pool.output)
     with cluster(pool):
-        return _run(parts, pool, on_update or (lambda part: None))
+        return _run(parts, pool, on_update or (lambda part: None), uri, parent)
 
 
-def _run(parts: list[Part], pool, on_update) -> Result:
+def _run(parts: list[Part], pool, on_update, uri: str | None, parent: str | None) -> Result:
     import ray
 
     from analysis.load import load_run
@@ -79,6 +87,7 @@ def _run(parts: list[Part], pool, on_update) -> Result:
     from orchestration.progress import Progress, StudyProgress
     from orchestration.scheduler import Scheduler
     from orchestration.store import RunStore
+    from orchestration.tracking import Tracker, killed_on_error
     from orchestration.worker import remote_worker_class
 
     resources = ray.cluster_resources()
@@ -93,6 +102,7 @@ def _run(parts: list[Part], pool, on_update) -> Result:
         units += part.units
         bars[part.run_id] = Progress(part.label, task.things, task.counts, task.amount, not pool.no_progress,
                                      position if len(parts) > 1 else None)
+        part.tracker = Tracker.start(uri, part.store, task.amount, task.counts, parent, part.label)
     by_run = {p.run_id: p for p in parts}
     on_update(None)
 
@@ -101,6 +111,8 @@ def _run(parts: list[Part], pool, on_update) -> Result:
         part.done, part.failed = part.done + (status == DONE), part.failed + (status != DONE)
         part.workers |= {(r.get("node"), r.get("device")) for r in rows[:1] if r.get("node") is not None}
         on_update(part)
+        if part.tracker is not None:
+            part.tracker.unit_done(unit, rows, status)
 
     actor_class = remote_worker_class(num_gpus=1 if on_gpu else 0)
     spec = parts[0].plan.spec  # the model of an actor that has not taken a unit yet
@@ -110,12 +122,16 @@ def _run(parts: list[Part], pool, on_update) -> Result:
     scheduler = Scheduler(lambda: actor_class.remote(spec, runners, require_cuda=require_cuda),
                           {p.run_id: p.store for p in parts}, num_workers=pool.num_gpus or pool.num_workers,
                           progress=StudyProgress(bars), on_rows=recorded, latency=latency)
-    counts = scheduler.run(units)
+    with killed_on_error([p.tracker for p in parts]):
+        counts = scheduler.run(units)
     for part in parts:
         known = {(w["node"], w["device"]) for w in part.store.manifest.get("workers", [])}  # earlier runs
         workers = sorted(known | part.workers, key=str)
         part.store.update_manifest(workers=[{"node": n, "device": d} for n, d in workers])
-        part.store.write_summary(part.plan.task.summary(load_run(part.store.path)))
+        summary = part.plan.task.summary(load_run(part.store.path))
+        part.store.write_summary(summary)
+        if part.tracker is not None:
+            part.tracker.finish(summary)
     return Result(counts, scheduler.loads)
 
 

@@ -15,14 +15,14 @@ import argparse
 from pathlib import Path
 
 from orchestration.cli import RunOptions, cli_main, resolve_output
-from orchestration.flags import add_flags, from_flags
+from orchestration.flags import HelpFormatter, add_flags, from_flags
 
 DEMO_STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("study", nargs="?", help="the study file (YAML: defaults, runs)")
     parser.add_argument("--check", action="store_true", help="parse the study and list its runs; run nothing")
     add_flags(parser, RunOptions, "the pool")
@@ -32,9 +32,11 @@ def _parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None):
     from locas.errors import LocasError
+    from orchestration.progress import quiet_console
     from orchestration.study import plan_study, run_study
 
     args = _parser().parse_args(argv)
+    quiet_console(args.verbose)
     if args.demo:
         args.study = args.study or str(DEMO_STUDY)
         args.output = args.output or "runs/demo-study"

@@ -21,7 +21,7 @@ import os
 
 from locas.errors import LocasError
 from locas.tasks import split_list
-from locas.tasks.pg19.data import load_books, refuse_test_books, test_source
+from locas.tasks.pg19.data import load_books, refuse_test_books
 from orchestration.cli import cli_main, resolve_output
 from orchestration.sweep.frontier import cost_levels, write_frontier
 from orchestration.sweep.plan import plan_sweep, sweep_parser
@@ -33,14 +33,19 @@ SHOWN = ["trial", "method", "loss", "memory_width", "memory_init", "lr", "steps_
 @cli_main
 def main(argv=None):
     from orchestration.run import cluster
-    from orchestration.sweep.driver import run_sweep
+    from orchestration.store import RunStore
+    from orchestration.sweep.driver import TASK, run_sweep, store_config
+    from orchestration.tracking import tracking_uri
 
     planned = plan_sweep(argv, parser=sweep_parser(description=__doc__.splitlines()[0]))
     plan, sweep, space, configs = planned.plan, planned.sweep, planned.space, planned.configs
+    plan.spec = plan.spec.on(gpu=bool(plan.run.num_gpus))
     books = load_books(plan.options.data, split=plan.options.split, ids=split_list(plan.options.book_ids),
                        max_books=plan.options.max_books)
     refuse_test_books(plan.options.data, plan.options.split, [b.book_id for b in books], allow_test=sweep.allow_test)
     print(f"sweep: {len(configs)} trials x {len(books)} books ({plan.options.data}, split {plan.options.split})")
+    RunStore(plan.run.output).refuse_other(TASK, *store_config(plan.spec, plan.options.data, plan.options.split,
+                                                               books))
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: "rerun the same command", not Tuner.restore
 
     def needs_storage(local: bool) -> None:
@@ -58,7 +63,8 @@ def main(argv=None):
                            gpus_per_trial=sweep.gpus_per_trial, num_workers=plan.run.num_workers, asha=sweep.asha,
                            batch_size=plan.run.batch_size, test_data=sweep.test_data,
                            progress=not plan.run.no_progress, max_trials=sweep.max_trials,
-                           storage_path=storage)
+                           storage_path=storage, verbose=plan.run.verbose,
+                           tracking=tracking_uri(plan.run.tracking, plan.run.output))
     print(f"trials: {result.ran} ran now, {result.skipped} already finished"
           + (f", {len(result.remaining)} not finished yet: rerun the same command" if result.remaining else ""))
     if len(result.table):
@@ -71,7 +77,7 @@ def main(argv=None):
     if sweep.best_per and result.best_command:
         path, command = write_frontier(result.trials_csv.parent, result.table, cost_levels(sweep.best_per),
                                        {c.config_id: c for c in configs}, plan.spec,
-                                       sweep.test_data or test_source(plan.options.data), plan.run.num_gpus)
+                                       sweep.test_data or plan.options.data, plan.run.num_gpus)
         print(f"best per {sweep.best_per}: {path}; on the test set, beside Locas, run:\n{command}")
     print(f"trials: {result.trials_csv}\nsummary: {result.trials_csv.parent / 'summary.json'}")
 

@@ -30,7 +30,7 @@ from typing import Callable
 from locas.contract import FAILED, Unit, unit_error_rows, unit_status
 from locas.errors import LocasError, one_line
 from orchestration.policy import DeadlineAdmission, Placed, StepLatency
-from orchestration.progress import Progress
+from orchestration.progress import Polls, Progress
 from orchestration.store import RunStore
 
 BATCHES_MEASURED = (1, 2, 4, 8)
@@ -62,10 +62,9 @@ class Scheduler:
     """Runs units on up to `num_workers` actors made by `make_worker()` (a Ray actor handle of
     `remote_worker_class`), writing each unit to its run folder as it finishes.
 
-    `progress` (a Progress, or None) advances per unit; `on_rows(unit, rows, status)` is called after a
-    unit is in its folder. `latency` fixes the step-latency model instead of measuring it on each actor.
-    `run` returns counts: total, skipped, done, failed, requeued (units retried after their actor died),
-    worker_deaths (actors lost and replaced), seconds."""
+    `progress` (a Progress, or None) hears running units (`Polls`), advances per unit; `on_rows(unit, rows,
+    status)` is called after a unit is in its folder; `latency` fixes the step-latency model (else measured
+    per actor). `run` returns counts: total, skipped, done, failed, requeued, worker_deaths, seconds."""
 
     def __init__(self, make_worker: Callable[[], object], stores: RunStore | dict, num_workers: int,
                  max_attempts: int = 2, progress: Progress | None = None,
@@ -79,7 +78,7 @@ class Scheduler:
         self.pending: list[_Job] = []  # longest first, then input order
         self.actors: list[_Actor] = []
         self.starting: dict = {}  # pending ref → actor not started yet
-        self.by_stream: dict = {}  # stream → actor
+        self.by_stream, self.polls = {}, Polls(progress)  # stream → actor; the questions about progress
         self.created: list = []  # every handle made here, killed at the end
         self.counts: dict = {}
         self.remaining = 0
@@ -234,6 +233,7 @@ class Scheduler:
         import ray
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
+        self.polls.step(self.actors, self._now())  # how far running units are, for the bar
         ready, _ = ray.wait([*self.starting, *self.by_stream], num_returns=1, timeout=1.0)
         if not ready:
             if self.progress is not None:

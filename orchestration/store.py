@@ -190,18 +190,8 @@ class RunStore:
         """Create the store, or resume it when it holds the same task and run_id; refuse anything else.
         With `retry_failed`, units ledgered as failed count as unfinished: a rerun runs them again (their new
         rows and ledger line supersede the old)."""
-        if self.path.exists() and not self.path.is_dir():
-            raise LocasError(f"output {self.path} is a file, not a folder; choose another --output")
-        old = read_manifest(self.path)
-        if old is None and (self.rows_path.exists() or self.ledger_path.exists()):
-            raise LocasError(f"{self.path} holds rows but no {MANIFEST}; it is not a run store this code can "
-                             "resume: choose another --output or move it away")
+        old = self.refuse_other(task, config, run_id)
         if old is not None:
-            if old.get("run_id") != run_id or old.get("task") != task:
-                changed = "; ".join(_differences({**(old.get("config") or {}), "task": old.get("task")},
-                                                 {**config, "task": task})) or f"run id {old.get('run_id')}"
-                raise LocasError(f"{self.path} holds another run ({changed}): use another --output folder (or "
-                                 "delete that one) to start a new run")
             _cut_torn_tail(self.rows_path)
             _cut_torn_tail(self.ledger_path)
             old.setdefault("resumes", []).append(
@@ -223,6 +213,22 @@ class RunStore:
         self._finished = {uid for uid, entry in read_ledger(self.path).items()
                           if not (retry_failed and entry["status"] == FAILED)}
         return self
+
+    def refuse_other(self, task: str, config: dict, run_id: str) -> dict | None:
+        """The folder's manifest when it holds this run (None: a new one), or the LocasError of a folder that
+        holds something else; reads only, so a run checks its folder before it starts Ray."""
+        if self.path.exists() and not self.path.is_dir():
+            raise LocasError(f"output {self.path} is a file, not a folder; choose another --output")
+        old = read_manifest(self.path)
+        if old is None and (self.rows_path.exists() or self.ledger_path.exists()):
+            raise LocasError(f"{self.path} holds rows but no {MANIFEST}; it is not a run store this code can "
+                             "resume: choose another --output or move it away")
+        if old is not None and (old.get("run_id") != run_id or old.get("task") != task):
+            changed = "; ".join(_differences({**(old.get("config") or {}), "task": old.get("task")},
+                                             {**config, "task": task})) or f"run id {old.get('run_id')}"
+            raise LocasError(f"{self.path} holds another run ({changed}): use another --output folder (or "
+                             "delete that one) to start a new run")
+        return old
 
     def finished(self) -> set[str]:
         """Unit ids a rerun skips: those with a ledger line (but the failed ones, with retry_failed)."""

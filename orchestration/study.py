@@ -20,6 +20,7 @@ with books of the same config. `OUT/study.json` says where every run stands.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -151,10 +152,13 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
     """Run every unit of the study not yet finished on one pool of actors (`orchestration.run`), then write each
     sweep's trials.csv, study.json and (`report`) the report. Returns the exit code (1 when any unit failed)."""
     from orchestration.run import Part, run, units_line
+    from orchestration.tracking import Tracker, killed_on_error, tracking_uri
 
     output = resolve_output(pool.output)
     runs = plan_study(path, output, pool.demo)
-    members = {run.name: [Part.of(plan, output / folder, folder) for folder, plan in run.plans] for run in runs}
+    on_gpu = bool(pool.num_gpus)  # the pool's device decides an unset dtype
+    members = {run.name: [Part.of(dataclasses.replace(plan, spec=plan.spec.on(gpu=on_gpu)), output / folder, folder)
+                          for folder, plan in run.plans] for run in runs}
     parts = [part for run in runs for part in members[run.name]]
     seen = {}
     for part in parts:
@@ -162,7 +166,10 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
             raise LocasError(f"{path}: runs {seen[part.run_id]} and {part.label} are the same run (same task, "
                              "model, settings and data): keep one")
         seen[part.run_id] = part.label
-    result = run(parts, pool, on_update=lambda part: _status(output, path, parts, "running"))
+    parent = Tracker.for_study(tracking_uri(pool.tracking, output), output, path)  # its runs nest under it
+    with killed_on_error([parent]):
+        result = run(parts, pool, on_update=lambda part: _status(output, path, parts, "running"),
+                     parent=parent and parent.run_id)
     print(f"{units_line(result.counts)}; model loads per actor: {result.loads}")
     for run_ in runs:
         if run_.task == "sweep":
@@ -174,6 +181,8 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
 
         markdown, book = write_report(output)
         print(f"report: {markdown}\nnotebook: {book}")
+    if parent is not None:
+        parent.finish({})
     return 1 if any(p.failed for p in parts) else 0
 
 

@@ -23,6 +23,8 @@ import gc
 import os
 import socket
 import sys
+import threading
+import time
 import traceback
 from typing import Callable, Iterator
 
@@ -49,14 +51,34 @@ def node_name() -> str:
     return socket.gethostname()
 
 
-def _progress_bars():
-    """Progress bars for work inside a unit: Ray's, which the driver shows, inside a Ray actor; else none."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        from ray.experimental.tqdm_ray import tqdm
+class Meter:
+    """How far the units this worker runs are, as the runners say (`meter(unit_id, windows=..., tokens=...)`),
+    and for how many seconds each has run (from when its runner took it); the driver reads it
+    (`Worker.progress`) from another thread while the stream runs."""
 
-        return tqdm
-    return None
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts: dict[str, dict] = {}
+        self.taken: dict[str, float] = {}
+
+    def begin(self, unit_id: str) -> None:
+        with self.lock:
+            self.taken[unit_id] = time.monotonic()
+
+    def __call__(self, unit_id: str, **counts) -> None:
+        with self.lock:
+            self.counts.setdefault(unit_id, {}).update(counts)
+
+    def drop(self, unit_id: str) -> None:
+        with self.lock:
+            self.counts.pop(unit_id, None)
+            self.taken.pop(unit_id, None)
+
+    def read(self) -> dict[str, dict]:
+        with self.lock:
+            now = time.monotonic()
+            return {unit_id: {**counts, "seconds": now - self.taken.get(unit_id, now)}
+                    for unit_id, counts in self.counts.items()}
 
 
 class Worker:
@@ -84,6 +106,7 @@ class Worker:
         self.device = None  # set on load: "cpu" or e.g. "cuda:0 NVIDIA H100 80GB HBM3"
         self.inbox = Inbox()
         self.attempts: dict[str, int] = {}
+        self.meter = Meter()
 
     # ------------------------------------------------------------------ loading
     def _resolve_device(self, spec: ModelSpec) -> str:
@@ -132,6 +155,10 @@ class Worker:
             return {"latency": None}
         return {"latency": probe(self.load(unit.spec), unit, batch_sizes)}
 
+    def progress(self) -> dict[str, dict]:
+        """unit_id → how far it is (its runner's counts: windows, tokens, questions), for the units in work."""
+        return self.meter.read()
+
     def info(self) -> dict:
         """Where this worker runs: node, device (None before a model is loaded), pid, load_count."""
         return {"node": self.node, "device": self.device, "pid": os.getpid(), "load_count": self.load_count}
@@ -166,13 +193,14 @@ class Worker:
                 yield unit.unit_id, self._stamp(unit, None, error)
             return
         model = self.load(head.spec)
-        taken = Taken(head, units)
+        taken = Taken(head, units, self.meter)
         failure = None
         try:
-            for unit_id, rows in runner(model, taken, head.batch, _progress_bars()):
+            for unit_id, rows in runner(model, taken, head.batch, self.meter):
                 unit = taken.left.pop(unit_id, None)
                 if unit is None:
                     raise LocasError(f"runner answered unit {unit_id!r}, which it was not given or gave twice")
+                self.meter.drop(unit_id)
                 self.inbox.finished_one()
                 yield unit_id, self._stamp(unit, rows)
         except Exception as e:  # noqa: BLE001 - one unit's failure must not stop the others
@@ -182,6 +210,8 @@ class Worker:
             failure.__context__ = failure.__cause__ = None
         if failure is None:
             return
+        for unit_id in taken.left:  # their counts start again with their retry
+            self.meter.drop(unit_id)
         _release_device_memory()
         if len(taken.left) == 1:
             (unit,) = taken.left.values()
@@ -216,10 +246,10 @@ class Worker:
 
 class Taken(Source):
     """The units a runner takes, starting with `head` (whose model, task and config are the whole group's),
-    each remembered in `left` until answered."""
+    each remembered in `left` until answered, and its start told to `meter`."""
 
-    def __init__(self, head: Unit, rest: Source):
-        self.head, self.rest, self.left = head, rest, {head.unit_id: head}
+    def __init__(self, head: Unit, rest: Source, meter: Meter | None = None):
+        self.head, self.rest, self.left, self.meter = head, rest, {head.unit_id: head}, meter
         self._next: Unit | None = head
 
     def take(self, wait: bool) -> Unit | None:
@@ -227,6 +257,8 @@ class Taken(Source):
         self._next = None
         if unit is not None:
             self.left[unit.unit_id] = unit
+            if self.meter is not None:
+                self.meter.begin(unit.unit_id)
         return unit
 
 
@@ -241,7 +273,8 @@ def remote_worker_class(num_gpus: float = 0):
     """`Worker` as a Ray actor class: one GPU per actor (or one CPU when num_gpus == 0), never restarted.
 
     A dead actor is not restarted by Ray (max_restarts=0): the scheduler replaces it and re-queues its units.
-    `give` and `close` run on a thread of their own, so units arrive while the stream runs.
+    `give`, `close` and `progress` run on a thread of their own, so units arrive (and the driver hears how far
+    they are) while the stream runs.
     """
     import ray
 
@@ -253,6 +286,10 @@ def remote_worker_class(num_gpus: float = 0):
         @ray.method(concurrency_group="inbox")
         def close(self):
             super().close()
+
+        @ray.method(concurrency_group="inbox")
+        def progress(self):
+            return super().progress()
 
     options = {"num_gpus": num_gpus, "max_restarts": 0, "max_task_retries": 0, "concurrency_groups": {"inbox": 1}}
     if not num_gpus:

@@ -202,7 +202,10 @@ def test_defaults_are_safe_and_fit_the_device():
     assert batch_size(plan("--num_gpus", "2", task="locomo")) == 1
     assert batch_size(plan("--num_gpus", "2", "--batch_size", "3")) == 3
     assert plan("--steps", "3").cfg.steps_per_window == 3 and plan("--memory_type", "lora").cfg.method == "lora"
-    assert plan(task="locomo").cfg.steps == 2 and plan().spec.dtype == "bfloat16"
+    assert plan(task="locomo").cfg.steps == 2 and plan().spec.dtype is None  # decided by the device:
+    assert plan().spec.on(gpu=False).dtype == "float32" and plan().spec.on(gpu=True).dtype == "bfloat16"
+    assert plan("--device", "cpu").spec.on(gpu=True).dtype == "float32"
+    assert plan("--dtype", "bfloat16").spec.on(gpu=False).dtype == "bfloat16"  # as asked
 
 
 def test_help_shows_every_flag_with_its_default(capsys):

@@ -201,7 +201,7 @@ def test_a_4_trial_grid_writes_one_row_per_trial(ray_local, tiny_path, dev_books
 
     plan = parse(task("pg19"), shlex.split(command)[2:])  # the best setting, on the test split
     assert (plan.cfg.memory_width, plan.cfg.memory_init) == (best["memory_width"], best["memory_init"])
-    assert plan.options.split == "test" and plan.cfg.window_size == 64
+    assert plan.options.split == "test" and plan.cfg.window_size == 64 and plan.options.data == str(dev_books)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["trial"] == best["trial"] and summary["statuses"]["completed"] == 4
     # the store holds each trial's book rows and its trial row, one ledger line per trial

@@ -263,30 +263,19 @@ def test_a_failing_question_becomes_an_error_row(tiny_model, tokenizer, conversa
     assert next(r for r in rows[1:] if r["question_id"] == "conv-t:1")["error"] == "RuntimeError: boom"
 
 
-class Bars:
-    """A tqdm-like class that records what each bar counted."""
-
-    made: list = []
-
-    def __init__(self, total, desc, unit):
-        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
-        Bars.made.append(self)
-
-    def update(self, n):
-        self.n += n
-
-    def close(self):
-        pass
-
-
 def test_a_small_run_answers_the_first_questions_and_shows_sessions_then_questions(tiny_model, tokenizer,
                                                                                    conversation):
-    Bars.made = []
+    heard = []
     rows = run_locomo_conversation(tiny_model, tokenizer, conversation, cfg(method="locas"), answer_context="none",
-                                   max_new_tokens=4, max_questions=2, progress=Bars)
+                                   max_new_tokens=4, max_questions=2,
+                                   progress=lambda doc_id, **counts: heard.append((doc_id, counts)))
     assert [r["question_id"] for r in rows[1:]] == ["conv-t:0", "conv-t:1"] and rows[0]["windows"] == 3
-    assert [(b.desc, b.unit, b.total, b.n) for b in Bars.made] == [("conv-t sessions", "window", 3, 3),
-                                                                   ("conv-t questions", "question", 2, 2)]
+    assert {doc_id for doc_id, _ in heard} == {"conv-t"}
+    windows = [c["windows"] for _, c in heard if "windows" in c]
+    questions = [c["questions"] for _, c in heard if "questions" in c]
+    assert windows == [(1, 3), (2, 3), (3, 3)] and questions == [(0, 2), (1, 2), (2, 2)]
+    tokens = [c["tokens"] for _, c in heard if "tokens" in c]
+    assert tokens == sorted(tokens) and tokens[-1] == rows[0]["tokens"]  # positions read, to the end
     skipped = run_locomo_conversation(tiny_model, tokenizer, conversation, cfg(method="none"), answer_context="none",
                                       max_new_tokens=4, max_questions=6)
     assert [r["kind"] for r in skipped[1:]] == ["qa"] * 5 + ["error"]  # the broken question is the sixth

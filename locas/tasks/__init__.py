@@ -94,6 +94,12 @@ def make_unit(task: str, item_id: str, size: int, cfg, run_id: str, item, **opti
                 method=cfg.method, run_id=run_id, steps=max(1, steps))
 
 
+def unit_progress(unit: Unit, progress):
+    """The `locas.documents.Progress` of a runner that runs one unit at a time: every count is `unit`'s
+    (`progress(unit_id, **counts)`: the worker's meter), or None."""
+    return None if progress is None else lambda _doc_id, **counts: progress(unit.unit_id, **counts)
+
+
 def adapt_config(unit: Unit):
     """The adaptation config a unit carries."""
     from locas.config import AdaptConfig

@@ -169,19 +169,22 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
               split: str = "validation", varied: tuple[str, ...] = SWEEPABLE, num_gpus: float = 0,
               gpus_per_trial: float | None = None, num_workers: int = 1, asha: bool = False,
               batch_size: int | None = None, test_data: str | None = None, progress: bool = True,
-              max_trials: int | None = None, max_failures: int = 2, storage_path: str | None = None) -> SweepResult:
+              max_trials: int | None = None, max_failures: int = 2, storage_path: str | None = None,
+              verbose: bool = False, tracking: str | None = None) -> SweepResult:
     """Run every trial of `configs` not yet finished in the run folder `output`; Ray must be initialized.
 
     `varied` names the settings the space varies (each trial's Tune config). `max_trials` runs at most that
     many of the unfinished trials (the rest wait for a rerun). A trial that did not end (interrupted sweep)
     is not in the ledger and is listed in `remaining`. `storage_path` is where Tune keeps the trials'
     checkpoints (default OUT/tune): on a cluster, a folder or URI that every node reaches, or a trial on a
-    worker node cannot save its books done (Ray refuses a head-local folder there)."""
+    worker node cannot save its books done (Ray refuses a head-local folder there). `verbose`: Tune's own
+    tables of trials. `tracking`: the MLflow URI (orchestration.tracking) of the sweep's run, under which Tune's
+    MLflow logger nests one run per trial."""
     import ray
     from ray import tune
 
-    from locas.tasks.pg19.data import test_source
     from orchestration.store import RunStore
+    from orchestration.tracking import Tracker, killed_on_error, tune_callback
 
     if not configs:
         raise LocasError("nothing to sweep: the space has no trials")
@@ -195,6 +198,7 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
     resources, at_once = trial_resources(num_gpus, gpus_per_trial, cluster, num_workers)
     config, run_id = store_config(spec, data, split, books)
     store = RunStore(output).open(TASK, config, run_id, cluster)
+    tracker = Tracker.start(tracking, store)
     finished = store.finished()
     by_id = {c.config_id: c for c in configs}
     todo = [c for c in configs if trial_unit_id(c.config_id) not in finished]
@@ -212,7 +216,7 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
                                  gpu=bool(num_gpus), batch_size=batch_size), resources)
         values = {c.config_id: {name: getattr(c, name) for name in varied} for c in todo}
         space = {"config_id": tune.grid_search(list(values)),  # each trial's values, as its Tune config
-                 **{name: tune.sample_from(lambda spec, name=name: values[spec.config.config_id][name])
+                 **{name: tune.sample_from(lambda config, name=name: values[config["config_id"]][name])
                     for name in varied}}
         tuner = tune.Tuner(
             trainable,
@@ -223,12 +227,13 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
             run_config=tune.RunConfig(
                 storage_path=storage_path or str((Path(output) / TUNE_DIR).resolve()),
                 name=time.strftime("trials-%Y%m%d-%H%M%S"),
-                verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
+                verbose=2 if verbose else 0, failure_config=tune.FailureConfig(max_failures=max_failures),
                 callbacks=[_store_writer(store, by_id, len(books), scheduler.stopped_ids if scheduler else set(),
-                                         bar)]),
+                                         bar), *filter(None, [tune_callback(tracking, tracker and tracker.run_id)])]),
         )
         try:
-            tuner.fit()
+            with killed_on_error([tracker]):
+                tuner.fit()
         finally:
             if bar is not None:
                 bar.close()
@@ -244,8 +249,11 @@ def run_sweep(configs: list[AdaptConfig], spec: ModelSpec, books: list[Book], ou
     if best is not None:
         cfg = AdaptConfig.from_dict(next(r["adapt"] for r in store.rows()
                                          if r.get("kind") == "trial" and r.get("config_id") == best["trial"]))
-        command = best_command(cfg, spec, test_data or test_source(data), num_gpus)
-    store.write_summary({"task": TASK, "trials": len(table), "ran": ran, "skipped": skipped, "remaining": remaining,
-                         "statuses": {s: int((table["status"] == s).sum()) for s in STATUSES},
-                         "best": best, "best_command": command, "trials_csv": str(csv_path)})
+        command = best_command(cfg, spec, test_data or data, num_gpus)
+    summary = {"task": TASK, "trials": len(table), "ran": ran, "skipped": skipped, "remaining": remaining,
+               "statuses": {s: int((table["status"] == s).sum()) for s in STATUSES},
+               "best": best, "best_command": command, "trials_csv": str(csv_path)}
+    store.write_summary(summary)
+    if tracker is not None:
+        tracker.finish(summary)
     return SweepResult(table, best, command, csv_path, ran, skipped, remaining)

@@ -32,8 +32,8 @@ class SweepOptions(Settings):
                                       "them): on a cluster a URI or folder every node reaches (s3://bucket/path, "
                                       "an NFS mount); default OUT/tune on a local Ray")
     allow_test: bool = option(False, "allow sweeping on PG-19's test books (not advised)")
-    test_data: str | None = option(None, "--data of the printed test command (default: the dev source when it "
-                                   "holds the test split, else emozilla/pg19)")
+    test_data: str | None = option(None, "--data of the printed test command (default: this sweep's --data, "
+                                   "whose test split it names)")
     best_per: str | None = option(None, "settings that set a cost level, e.g. steps_per_window: the best trial of "
                                   "each level goes into OUT/best_per_cost.yaml, a study of test runs beside Locas")
 

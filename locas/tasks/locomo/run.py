@@ -43,7 +43,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from locas.adapt import adapted
 from locas.config import AdaptConfig
 from locas.contract import error_row
-from locas.documents import Document, chunk_windows
+from locas.documents import Document, Progress, chunk_windows
 from locas.errors import LocasError
 from locas.expansion import final_width
 from locas.metrics import score_qa
@@ -205,14 +205,14 @@ def _question_error(conversation: Conversation, question_id: str, error) -> dict
 def answer_questions(model: CausalLMWithMemory, tokenizer, conversation: Conversation,
                      questions: Sequence[QA] | None = None, answer_context: str = "full", max_new_tokens: int = 32,
                      seed: int = 0, batch_size: int = 16, max_batch_tokens: int = 16384,
-                     max_context: int | None = None, progress=None) -> list[dict]:
+                     max_context: int | None = None, progress: Progress | None = None) -> list[dict]:
     """Answer and score `questions` (all of the conversation's by default) with the model as it is now:
     call it inside a method's forward context (or `model.use_memory(memory)`) to answer with that state.
 
     Questions are generated in batches of similar length (at most `batch_size` prompts and
     `max_batch_tokens` padded tokens); a batch that fails is retried question by question, and a question
     that still fails becomes an `error` row. `max_context` overrides `config.max_position_embeddings`.
-    `progress` (a tqdm-like class) shows the questions answered."""
+    `progress` hears the questions answered."""
     if answer_context not in ANSWER_CONTEXTS:
         raise LocasError(f"unknown answer_context {answer_context!r}: choose one of {', '.join(ANSWER_CONTEXTS)}")
     questions = conversation.qa if questions is None else questions
@@ -226,8 +226,6 @@ def answer_questions(model: CausalLMWithMemory, tokenizer, conversation: Convers
             prompts.append((index, builder.build(qa)))
         except Exception as error:  # noqa: BLE001 - one bad question must not stop the others
             rows[index] = _question_error(conversation, qa.question_id, error)
-    bar = progress(total=len(questions), desc=f"{conversation.sample_id} questions", unit="question") \
-        if progress else None
     answered = in_batches(prompts, [len(p.ids) for _, p in prompts],
                           lambda batch: generate_answers(model, tokenizer, [p.ids for _, p in batch], max_new_tokens),
                           batch_size, max_batch_tokens)
@@ -240,10 +238,8 @@ def answer_questions(model: CausalLMWithMemory, tokenizer, conversation: Convers
             rows[index] = qa_row(conversation, prompt.qa, prediction, prompt.seconds + seconds)
         except Exception as error:  # noqa: BLE001
             rows[index] = _question_error(conversation, prompt.qa.question_id, error)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        if progress is not None:
+            progress(conversation.sample_id, questions=(len(rows), len(questions)))
     return [rows[index] for index in sorted(rows)]
 
 
@@ -254,12 +250,12 @@ def run_locomo_conversation(model: CausalLMWithMemory, tokenizer, conversation: 
                             answer_context: str = "full", context_mode: str = "date_split",
                             max_new_tokens: int = 32, seed: int = 0, *, max_questions: int | None = None,
                             batch_size: int = 16, max_batch_tokens: int = 16384, max_context: int | None = None,
-                            progress=None) -> list[dict]:
+                            progress: Progress | None = None) -> list[dict]:
     """One conversation: adapt chunk by chunk (`date_split`), then answer its questions (the first
     `max_questions`, or all) with the adapted state. One `qa` row per question, plus an `error` row per
     question that failed or that the loader skipped. `seed` orders the adversarial options. A non-finite
-    training loss fails the unit (LocasError). `progress` (a tqdm-like class) shows the sessions trained
-    on, then the questions answered."""
+    training loss fails the unit (LocasError). `progress` hears the windows trained on, then the
+    questions answered."""
     if context_mode not in CONTEXT_MODES:
         raise LocasError(f"unknown context_mode {context_mode!r}: choose one of {', '.join(CONTEXT_MODES)}")
     if answer_context not in ANSWER_CONTEXTS:
@@ -271,7 +267,9 @@ def run_locomo_conversation(model: CausalLMWithMemory, tokenizer, conversation: 
     questions = [qa for qa in conversation.qa if _question_index(qa.question_id) < limit]
     skipped = [item for item in conversation.skipped if _question_index(item.question_id) < limit]
     doc = conversation_document(tokenizer, conversation, cfg)
-    with adapted(model, doc, cfg, progress=progress, desc=f"{conversation.sample_id} sessions") as (result, _):
+    if progress is not None:  # the questions to come: part of the unit's work from the start
+        progress(conversation.sample_id, questions=(0, len(questions)))
+    with adapted(model, doc, cfg, progress=progress) as (result, _):
         rows = answer_questions(model, tokenizer, conversation, questions, answer_context, max_new_tokens, seed,
                                 batch_size, max_batch_tokens, max_context, progress)
     share = result.seconds / max(1, sum(row["kind"] == "qa" for row in rows))

@@ -6,7 +6,7 @@ from typing import Iterator
 
 from locas.errors import LocasError
 from locas.settings import Settings, option
-from locas.tasks import Task, adapt_config, lazy, make_unit, sum_of
+from locas.tasks import Task, adapt_config, lazy, make_unit, sum_of, unit_progress
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ def run_locomo(model, units, slots: int = 1, progress=None) -> Iterator[tuple[st
 
     for unit in units:
         yield unit.unit_id, run_locomo_conversation(model, model.tokenizer, unit.payload["item"], adapt_config(unit),
-                                                    **unit.payload["options"], progress=progress)
+                                                    **unit.payload["options"],
+                                                    progress=unit_progress(unit, progress))
 
 
 def configure_locomo(cfg):

@@ -27,6 +27,7 @@ import torch
 from locas.adapt import adapted
 from locas.config import AdaptConfig
 from locas.contract import error_row
+from locas.documents import Progress
 from locas.errors import LocasError, one_line
 from locas.tasks.batching import context_limit, in_batches, left_pad, model_device, pad_id_of
 from locas.tasks.mmlu.data import LETTERS, Question, build_prompt
@@ -82,17 +83,20 @@ def prepare_prompts(tokenizer, questions: Sequence[Question], dev: Sequence[Ques
 
 
 def _score_prepared(model, prepared, questions, letter_ids, pad_id, keys: dict, batch_size: int,
-                    max_batch_tokens: int) -> list[dict]:
-    """Rows for prepared prompts, in question order; a batch that fails is retried question by question."""
+                    max_batch_tokens: int, scored=None) -> list[dict]:
+    """Rows for prepared prompts, in question order; a batch that fails is retried question by question.
+    `scored(n)` hears how many questions have their row so far."""
     rows: list[dict | None] = [None] * len(questions)
     for i, reason in enumerate(prepared):
         if isinstance(reason, str):
             rows[i] = error_row(reason, **keys, subject=questions[i].subject, question_id=questions[i].question_id)
     good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
-    scored = in_batches([prepared[i] for i in good], [len(prepared[i]) for i in good],
-                        lambda batch: list(letter_logprobs(model, batch, letter_ids, pad_id)),
-                        batch_size, max_batch_tokens)
-    for j, logprobs, _seconds in scored:
+    batches = in_batches([prepared[i] for i in good], [len(prepared[i]) for i in good],
+                         lambda batch: list(letter_logprobs(model, batch, letter_ids, pad_id)),
+                         batch_size, max_batch_tokens)
+    for n, (j, logprobs, _seconds) in enumerate(batches, len(questions) - len(good) + 1):
+        if scored is not None:
+            scored(n)
         question = questions[good[j]]
         item = {**keys, "subject": question.subject, "question_id": question.question_id}
         if isinstance(logprobs, Exception):
@@ -107,17 +111,19 @@ def _score_prepared(model, prepared, questions, letter_ids, pad_id, keys: dict, 
 
 def score_questions(model_or_hf, tokenizer, questions: Sequence[Question], dev: Sequence[Question] = (), k: int = 0,
                     *, variant: str = "base", book_id: str | None = None, batch_size: int = 16,
-                    max_batch_tokens: int = 16384) -> list[dict]:
+                    max_batch_tokens: int = 16384, progress: Progress | None = None) -> list[dict]:
     """One `mmlu` row per question (or an `error` row for a question that cannot be scored).
 
     `model_or_hf`: a CausalLMWithMemory (inside `use_memory`/a method's forward context the memory
     applies) or a plain HF causal LM such as a `to_dense` export. `k` shots from `dev`, same subject.
+    `progress` hears the questions scored (under the doc id "base" or `book_id`).
     """
     if variant not in VARIANTS:
         raise LocasError(f"unknown MMLU variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     prepared = prepare_prompts(tokenizer, questions, dev, k, context_limit(model_or_hf))
+    scored = None if progress is None else lambda n: progress(book_id or "base", questions=(n, len(questions)))
     return _score_prepared(model_or_hf, prepared, questions, letter_token_ids(tokenizer), pad_id_of(tokenizer),
-                           {"book_id": book_id, "variant": variant}, batch_size, max_batch_tokens)
+                           {"book_id": book_id, "variant": variant}, batch_size, max_batch_tokens, scored)
 
 
 def run_mmlu_base(model, tokenizer, questions: Sequence[Question], dev: Sequence[Question] = (), k: int = 0,
@@ -128,25 +134,30 @@ def run_mmlu_base(model, tokenizer, questions: Sequence[Question], dev: Sequence
 
 def run_mmlu_retention(model, tokenizer, book: Book, questions: Sequence[Question], cfg: AdaptConfig,
                        dev: Sequence[Question] = (), k: int = 0, batch_size: int = 16,
-                       max_batch_tokens: int = 16384) -> list[dict]:
+                       max_batch_tokens: int = 16384, progress: Progress | None = None) -> list[dict]:
     """One unit = (book, method): adapt on the whole book (PG-19 windows), then score every question with
     the adapted state live (`memory`) and with its plain export (`dense`). A non-finite loss during
-    adaptation stops the unit with a LocasError (scores under a broken state would mean nothing)."""
+    adaptation stops the unit with a LocasError (scores under a broken state would mean nothing).
+    `progress` hears the windows, then the questions scored (each twice: memory, then dense)."""
     from locas.tasks.pg19.run import book_document
 
     doc = book_document(tokenizer, book, cfg)
     prepared = prepare_prompts(tokenizer, questions, dev, k, context_limit(model))
     letters, pad = letter_token_ids(tokenizer), pad_id_of(tokenizer)
 
-    def score(scorer, variant: str) -> list[dict]:
+    def score(scorer, variant: str, before: int) -> list[dict]:
+        scored = None if progress is None else \
+            lambda n: progress(book.book_id, questions=(before + n, 2 * len(questions)))
         return _score_prepared(scorer, prepared, questions, letters, pad, {"book_id": book.book_id, "variant": variant},
-                               batch_size, max_batch_tokens)
+                               batch_size, max_batch_tokens, scored)
 
-    with adapted(model, doc, cfg) as (result, method):
-        rows = score(model, "memory")
+    if progress is not None:  # the questions to come: part of the unit's work from the start
+        progress(book.book_id, questions=(0, 2 * len(questions)))
+    with adapted(model, doc, cfg, progress) as (result, method):
+        rows = score(model, "memory", 0)
         dense = method.export(result.slot)
         try:
-            rows += score(dense, "dense")
+            rows += score(dense, "dense", len(questions))
         finally:
             del dense
     return rows

@@ -7,7 +7,7 @@ from typing import Iterator
 
 from locas.expansion import without_sessions
 from locas.settings import Settings, option
-from locas.tasks import Task, adapt_config, lazy, make_unit, split_list
+from locas.tasks import Task, adapt_config, lazy, make_unit, split_list, unit_progress
 from locas.tasks.pg19.data import TEXT_NORMALIZATION
 
 
@@ -44,9 +44,11 @@ def run_mmlu(model, units, slots: int = 1, progress=None) -> Iterator[tuple[str,
         book, questions, dev = unit.payload["item"]
         k = unit.payload["options"]["k"]
         if book is None:
-            rows = run_mmlu_base(model, model.tokenizer, questions, dev=dev, k=k)
+            rows = run_mmlu_base(model, model.tokenizer, questions, dev=dev, k=k,
+                                 progress=unit_progress(unit, progress))
         else:
-            rows = run_mmlu_retention(model, model.tokenizer, book, questions, adapt_config(unit), dev=dev, k=k)
+            rows = run_mmlu_retention(model, model.tokenizer, book, questions, adapt_config(unit), dev=dev, k=k,
+                                      progress=unit_progress(unit, progress))
         yield unit.unit_id, rows
 
 

@@ -82,7 +82,9 @@ def _folder_books(
 ) -> list[Book]:
     files = {path.stem: path for path in folder.glob("*.txt")}
     if not files:
-        raise LocasError(f"{folder}: no .txt books (and no dataset files) in this PG-19 folder")
+        inside = sorted(sub.name for sub in folder.iterdir() if sub.is_dir() and next(sub.glob("*.txt"), None))
+        hint = f": its subfolder {inside[0]}/ holds them (--data {folder / inside[0]})" if inside else ""
+        raise LocasError(f"{folder}: no .txt books (and no dataset files) in this PG-19 folder{hint}")
     titles = _read_titles(_find_metadata(folder, metadata_csv))
     books = []
     for book_id in _select(sorted(files), wanted, max_books, where=str(folder)):
@@ -184,13 +186,3 @@ def refuse_test_books(source, split: str, book_ids=(), allow_test: bool = False)
             if hit:
                 raise LocasError(f"--data {source}: book(s) {', '.join(hit[:3])} are PG-19 test books "
                                  f"(listed in {listing}): {hint}")
-
-
-def test_source(dev_source) -> str:
-    """Where the test books are, given the dev books' source: a hub id, a local dataset folder or a folder
-    with a `test/` split folder serves both; a plain folder of dev books says nothing about the test books
-    (the default hub copy then)."""
-    root = Path(str(dev_source)).expanduser()
-    if root.is_dir() and not ((root / "test").is_dir() or is_dataset_folder(root)):
-        return DEFAULT_DATASET
-    return str(dev_source)

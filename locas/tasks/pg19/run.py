@@ -9,7 +9,7 @@ import torch
 from locas.adapt import adapt_documents
 from locas.config import AdaptConfig
 from locas.contract import BUCKET_WIDTH, error_row, ppl
-from locas.documents import Document, DocumentResult, Source, WindowResult, sliding_windows
+from locas.documents import Document, DocumentResult, Progress, Source, WindowResult, sliding_windows
 from locas.errors import LocasError
 from locas.expansion import final_width, window_width
 from locas.model import CausalLMWithMemory
@@ -94,14 +94,15 @@ class _BookDocuments(Source):
 
 
 def run_pg19_books(model: CausalLMWithMemory, tokenizer, books: Iterable[Book] | Source, cfg: AdaptConfig,
-                   batch_size: int = 1) -> Iterator[tuple[Book, list[dict]]]:
+                   batch_size: int = 1, progress: Progress | None = None) -> Iterator[tuple[Book, list[dict]]]:
     """Adapt to each book online, `batch_size` books at a time; yields (book, rows) as each finishes. `books`
     is a list or a Source whose books may arrive while it runs (a free slot takes the next one at once).
+    `progress` hears each book's windows and tokens as they are read.
 
     A book that cannot be scored (too short) yields one `error` row and the others go on."""
     documents = _BookDocuments(Source.of(books), tokenizer, cfg)
     while not documents.done:  # a loop ends at the end of the books, or paused at a book that failed
-        for result in adapt_documents(model, documents, cfg, batch_size):
+        for result in adapt_documents(model, documents, cfg, batch_size, progress):
             yield from documents.flush()
             book = documents.by_id.pop(result.doc.doc_id)
             yield book, book_rows(result, book)

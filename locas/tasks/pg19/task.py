@@ -37,8 +37,9 @@ def run_pg19(model, units, slots: int = 1, progress=None) -> Iterator[tuple[str,
         by_book[unit.payload["item"].book_id] = unit
         return unit.payload["item"]
 
-    for done, rows in run_pg19_books(model, model.tokenizer, units.map(book), adapt_config(units.head),
-                                     batch_size=slots):
+    heard = None if progress is None else lambda book_id, **counts: progress(by_book[book_id].unit_id, **counts)
+    for done, rows in run_pg19_books(model, model.tokenizer, units.map(book), adapt_config(units.head), slots,
+                                     heard):
         yield by_book.pop(done.book_id).unit_id, rows
 
 
