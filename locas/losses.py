@@ -145,3 +145,12 @@ def linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     Equal to cross-entropy over the whole logits; differentiable once, in `hidden` only."""
     shape = targets.shape
     return _LinearNLL.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1)).view(shape)
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    """NLL (B, T−1) of each next token given logits (B, T, V); targets under a zero mask get 0."""
+    def chunk_nll(chunk_logits, targets):
+        return F.cross_entropy(chunk_logits.float().transpose(1, 2), targets, reduction="none")
+
+    nll = over_positions(chunk_nll, logits[:, :-1], input_ids[:, 1:])
+    return nll if attention_mask is None else nll * attention_mask[:, 1:].to(nll.dtype)

@@ -101,3 +101,16 @@ def load_memory(path, model=None, device=None) -> tuple[torch.Tensor, int]:
             raise LocasError(f"{path} holds a memory for a model of shape {saved}, not {model.shape_signature()}")
         model.check_memory(memory)
     return memory, base_rank
+
+
+def check_input_ids(input_ids, attention_mask=None) -> None:
+    """Token ids a memory can be read from or applied to: (batch, tokens), non-empty, each row with a token."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise LocasError("input_ids must be a (batch, tokens) tensor, e.g. tokenizer(..., return_tensors='pt')")
+    if input_ids.numel() == 0:
+        raise LocasError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per sequence")
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise LocasError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
+        if (attention_mask.sum(dim=1) == 0).any():
+            raise LocasError("a sequence in the batch has no tokens under attention_mask")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +14,9 @@ from torch import nn
 
 from locas.checks import check_model_config
 from locas.errors import LocasError
-from locas.losses import linear_nll, over_positions
-from locas.memory import GATE, KEY, MEMORY_INITS, VALUE, check_memory, clip_rows, prepare_memory, prepared_branch
+from locas.losses import linear_nll, token_nll
+from locas.memory import GATE, KEY, MEMORY_INITS, VALUE, check_input_ids, check_memory, clip_rows, prepare_memory
+from locas.memory import prepared_branch
 
 # model types whose causal-LM head is exactly `logits = lm_head(final hidden states)` (no scaling or capping)
 _PLAIN_HEAD_TYPES = ("qwen3", "qwen2", "llama", "mistral", "qwen3_moe", "qwen2_moe")
@@ -38,18 +38,6 @@ def _gated_mlps(model) -> list[nn.Module]:
             raise LocasError(f"layer {i} of {type(model).__name__} has MLP biases, which Locas does not support")
         mlps.append(mlp)
     return mlps
-
-
-def _check_input_ids(input_ids, attention_mask=None) -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise LocasError("input_ids must be a (batch, tokens) tensor, e.g. tokenizer(..., return_tensors='pt')")
-    if input_ids.numel() == 0:
-        raise LocasError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per sequence")
-    if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise LocasError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
-        if (attention_mask.sum(dim=1) == 0).any():
-            raise LocasError("a sequence in the batch has no tokens under attention_mask")
 
 
 class CausalLMWithMemory(nn.Module):
@@ -160,7 +148,7 @@ class CausalLMWithMemory(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, memory=None, base_rank=None, **kwargs):
         """The base model's forward with `memory` (or none) added to every MLP."""
-        _check_input_ids(input_ids, attention_mask)
+        check_input_ids(input_ids, attention_mask)
         with self.use_memory(memory, base_rank, batch=input_ids.shape[0]):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -180,7 +168,7 @@ class CausalLMWithMemory(nn.Module):
 
     def hidden_states(self, input_ids, attention_mask=None, memory=None, base_rank=None) -> torch.Tensor:
         """The decoder stack's final (normed) hidden states (B, T, d) under the memory: the head's input."""
-        _check_input_ids(input_ids, attention_mask)
+        check_input_ids(input_ids, attention_mask)
         with self.use_memory(memory, base_rank, batch=input_ids.shape[0]):
             return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
@@ -205,7 +193,7 @@ class CausalLMWithMemory(nn.Module):
     @torch.no_grad()
     def importance(self, input_ids, attention_mask=None) -> torch.Tensor:
         """α (L, B, m): mean over non-padding tokens of |SiLU(W_G a) ⊙ (W_U a)|, from one forward, memory off."""
-        _check_input_ids(input_ids, attention_mask)
+        check_input_ids(input_ids, attention_mask)
         mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).to(torch.float32)
         mask = mask.unsqueeze(-1)  # (B, T, 1)
         scores: list[torch.Tensor] = []
@@ -232,7 +220,7 @@ class CausalLMWithMemory(nn.Module):
         m = self.intermediate_size
         if not isinstance(keep_top, int) or not 1 <= keep_top <= m:
             raise LocasError(f"keep_top={keep_top!r} must be an integer from 1 to the MLP's {m} units")
-        _check_input_ids(input_ids, attention_mask)
+        check_input_ids(input_ids, attention_mask)
         batch, (L, d) = input_ids.shape[0], (self.num_layers, self.hidden_size)
         generator = torch.Generator().manual_seed(seed)
         memory = torch.zeros(L, batch, keep_top, d, 3, device=self.device)
@@ -301,39 +289,4 @@ def _module_prefix(root: nn.Module, module: nn.Module) -> str:
     raise LocasError("internal: MLP not found in its model")
 
 
-def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
-    """NLL (B, T−1) of each next token given logits (B, T, V); targets under a zero mask get 0."""
-    def chunk_nll(chunk_logits, targets):
-        return F.cross_entropy(chunk_logits.float().transpose(1, 2), targets, reduction="none")
-
-    nll = over_positions(chunk_nll, logits[:, :-1], input_ids[:, 1:])
-    return nll if attention_mask is None else nll * attention_mask[:, 1:].to(nll.dtype)
-
-
 Qwen3ForCausalLMWithMemory = CausalLMWithMemory
-
-
-def load_for_worker(spec) -> CausalLMWithMemory:
-    """Load the model a worker serves (`spec`: a ModelSpec), with its tokenizer as `.tokenizer`. `spec.device`
-    is "cpu" or "cuda" here (the worker resolves "auto")."""
-    from transformers import AutoTokenizer
-
-    dtype = getattr(torch, spec.on(spec.device == "cuda").dtype)
-    path = spec.model
-    if Path(path).expanduser().exists():
-        path = str(Path(path).expanduser())
-    attn = spec.attn_implementation or default_attention(spec.device, dtype)
-    model = CausalLMWithMemory.from_pretrained(path, dtype=dtype, device=spec.device,
-                                               trust_remote_code=spec.trust_remote_code, attn_implementation=attn)
-    model.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
-    if spec.compile:
-        model.model.compile(dynamic=False)
-    return model
-
-
-def default_attention(device, dtype) -> str:
-    """flash-attn when installed, on a GPU, in half precision (it refuses fp32); else PyTorch's SDPA."""
-    import importlib.util
-
-    usable = str(device).startswith("cuda") and dtype in (torch.bfloat16, torch.float16)
-    return "flash_attention_2" if usable and importlib.util.find_spec("flash_attn") else "sdpa"

@@ -17,7 +17,7 @@ import torch
 
 from locas import losses
 from locas.errors import LocasError
-from locas.model import token_nll
+from locas.losses import token_nll
 from locas.settings import Settings, option
 
 

@@ -264,7 +264,7 @@ class Taken(Source):
 
 def _load(spec: ModelSpec):
     """Load the served model through locas (imported here so this module imports without torch)."""
-    from locas.model import load_for_worker
+    from locas.loading import load_for_worker
 
     return load_for_worker(spec)
 

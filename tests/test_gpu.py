@@ -11,8 +11,8 @@ def test_one_compiled_bf16_window_on_the_gpu(tiny_path):
     from locas.adapt import Adapter
     from locas.config import AdaptConfig, ModelSpec
     from locas.documents import Document, sliding_windows
+    from locas.loading import load_for_worker
     from locas.methods import make_method
-    from locas.model import load_for_worker
     from locas.tiny import sample_text
 
     cfg = AdaptConfig(window_size=128, memory_width=16)

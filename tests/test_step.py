@@ -71,7 +71,7 @@ def test_the_parts_of_a_step_trace_into_one_graph_each(tiny_model):
 def test_chunked_nll_and_kl_equal_the_whole_computation(monkeypatch):
     import torch.nn.functional as F
 
-    from locas.model import token_nll
+    from locas.losses import token_nll
 
     torch.manual_seed(0)
     logits = torch.randn(2, 20, 11, requires_grad=True)
