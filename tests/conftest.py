@@ -74,6 +74,20 @@ def tokenizer(tiny_path):
     return AutoTokenizer.from_pretrained(tiny_path)
 
 
+@pytest.fixture(scope="module")
+def conversation(tmp_path_factory):
+    """The LoCoMo sample of tests/locomo_inputs.py, loaded from a file as a user's is."""
+    import json
+
+    from locomo_inputs import sample
+
+    from locas.tasks.locomo.data import load_locomo
+
+    path = tmp_path_factory.mktemp("locomo") / "conversations.json"
+    path.write_text(json.dumps([sample()]))
+    return load_locomo(path, strict=False)[0]
+
+
 @pytest.fixture(scope="session")
 def tinylm_path():
     return require(TINYLM)

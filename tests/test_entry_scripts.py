@@ -140,7 +140,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(ray_local, tiny_path, books, tmp_path
 
 
 def test_run_locomo_end_to_end(ray_local, tiny_path, tmp_path, capsys):
-    from test_task_locomo import sample
+    from locomo_inputs import sample
 
     from orchestration import run_locomo
 
