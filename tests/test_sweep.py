@@ -15,7 +15,6 @@ from orchestration.run_sweep import main
 from orchestration.sweep import trial
 from orchestration.sweep.driver import best_command, trial_resources
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "orchestration" / "sweeps" / "example.yaml"
 
 
 # --------------------------------------------------------------------------- dev set, resources, commands
