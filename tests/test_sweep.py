@@ -16,7 +16,6 @@ from orchestration.sweep import trial
 from orchestration.sweep.driver import best_command, trial_resources
 
 
-
 # --------------------------------------------------------------------------- dev set, resources, commands
 
 def test_the_test_split_is_refused_unless_allowed(tmp_path, capsys):
