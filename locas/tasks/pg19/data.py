@@ -30,6 +30,9 @@ _GUTENBERG_NUMBER = re.compile(r"/ebooks/(\d+)")
 
 @dataclass(frozen=True)
 class Book:
+    """One book: its id (the file stem, or the Gutenberg number of its url), title, and text as the HF PG-19
+    builder yields it (TEXT_NORMALIZATION)."""
+
     book_id: str
     title: str | None
     text: str
