@@ -154,23 +154,25 @@ def plot_locomo_f1(data, *, path=None) -> Figure:
 
 
 def plot_cost_frontier(runs, *, path=None) -> Figure:
-    """PPL of the whole completed books against GPU-seconds per 1K scored tokens, one point per run, one panel
-    per batch size (a rate depends on how many books shared each step: points are compared within a panel)."""
+    """PPL of the whole completed books against device-seconds per 1K scored tokens, one point per run, one
+    panel per batch size and device (a rate depends on how many books shared each step and on what ran them:
+    points are compared within a panel)."""
     from analysis.tables import cost_table, pg19_table
 
     points = pg19_table(runs)[KEYS + ["ppl", "books"]].merge(
-        cost_table(runs)[KEYS + ["gpu_s_per_1k_tokens", "batch_size"]], on=KEYS, how="left")
-    points = points.assign(_label=_labels(points), _batch=points["batch_size"].map(
-        lambda b: "not recorded" if pd.isna(b) else str(b)))
+        cost_table(runs)[KEYS + ["gpu_s_per_1k_tokens", "batch_size", "device"]], on=KEYS, how="left")
+    shown = lambda value: "not recorded" if pd.isna(value) else str(value)  # noqa: E731
+    points = points.assign(_label=_labels(points), _batch=[f"batch size {shown(b)}, {shown(d)}" for b, d in
+                                                          zip(points["batch_size"], points["device"])])
     panels = sorted(points["_batch"].unique())
     figure = Figure(figsize=(5 * max(1, len(panels)), 4))
     for i, batch in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), i + 1)
         for _, point in points[points["_batch"] == batch].iterrows():
             axes.scatter(point["gpu_s_per_1k_tokens"], point["ppl"], label=f"{point['_label']} (n={point['books']} books)")
-        axes.set_xlabel("GPU-seconds per 1K tokens")
+        axes.set_xlabel("seconds per 1K tokens (of the device named above)")
         axes.set_ylabel("PPL (whole books)")
-        axes.set_title(f"batch size {batch}", fontsize=10)
+        axes.set_title(batch, fontsize=10)
         axes.grid(alpha=0.3)
         _legend(axes)
     figure.suptitle(f"PG-19: cost frontier ({_models(runs.windows)})")

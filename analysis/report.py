@@ -33,8 +33,9 @@ SECTIONS = [  # (title, function, what the table shows)
      "On the books both runs finished, at each depth over those reaching it (the headline's rule): pooled PPL "
      "difference, 95% paired bootstrap interval over books (`n` books)."),
     ("PG-19: cost", pg19_cost,
-     "GPU-seconds per 1K scored tokens over each run's finished books; against the baseline on the books both "
-     "finished, and a ratio only between runs at the same batch size (books adapted at once per actor)."),
+     "Seconds of the run's `device` (a GPU, or the CPU for a CPU run) per 1K scored tokens over each run's "
+     "finished books; against the baseline on the books both finished, and a ratio only between runs at the same "
+     "batch size (books adapted at once per actor) on the same device."),
     ("LoCoMo: F1 per category", locomo_results,
      "F1 × 100; `adversarial`: the official rule (abstaining scores 100), `adversarial (report)`: the report's "
      "(minus the F1 against the trap answer, the paper's rule); `failed questions`: questions that gave no answer."),

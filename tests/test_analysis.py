@@ -246,6 +246,8 @@ def test_cost_table_by_hand():
     assert np.isnan(other.loc["locas", "time_vs_none"]) and other.loc["locas", "cost_note"].startswith("batch 1 vs 8")
     unknown = tables.cost_table(books.drop(columns="batch_size")).set_index("method")
     assert unknown.loc["locas", "cost_note"].startswith("batch not recorded vs not recorded")
+    cpu = tables.cost_table(books.assign(device=np.where(books["method"] == "none", "cuda:1 NVIDIA H100", "cpu")))
+    assert cpu.set_index("method").loc["locas", "cost_note"].startswith("device cpu vs NVIDIA H100: no ratio")
 
 
 # --- LoCoMo and MMLU ------------------------------------------------------------------------------------------

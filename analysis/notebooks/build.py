@@ -72,7 +72,7 @@ PG19 = notebook("# PG-19: perplexity at depth, cost, and MMLU retention", "runs/
        "with `baseline_run=` when there are several."),
     code("deltas = tables.delta_table(runs, n_boot=2000, seed=0)\ndeltas"),
     code("# per book, whole book\ntables.book_deltas(runs, warn=False)"),
-    md("## Cost (Table 1): extra parameters, GPU-seconds per 1K tokens, time relative to `none`"),
+    md("## Cost (Table 1): extra parameters, device-seconds per 1K tokens, time relative to `none`"),
     code("tables.cost_table(runs)"),
     md("## PPL against position in the book"),
     code("plots.plot_ppl_by_position(runs, path=FIGURES / 'pg19_ppl_by_position.png')"),

@@ -63,7 +63,7 @@ def ablations(runs: Runs) -> pd.DataFrame:
     compared = KEYS + ["baseline", "n (books)", "left out (whole run)", "delta", LEVEL]
     whole = (deltas[deltas["range"] == "book"][compared] if len(deltas) else pd.DataFrame(columns=compared))
     whole = whole.rename(columns={"delta": "Δ PPL (whole books)"})
-    cost = pg19_cost(both)[KEYS + ["GPU-s/1K tokens"]] if len(both.books) else pd.DataFrame(columns=KEYS)
+    cost = pg19_cost(both)[KEYS + ["s/1K tokens"]] if len(both.books) else pd.DataFrame(columns=KEYS)
     shown = [c for c in ["model", "window", "width", "batch", *RESULT] if c in results.columns]
     out = results[KEYS + shown].merge(_varied(runs), on="run", how="left")
     out = out.merge(whole, on=KEYS, how="left").merge(cost, on=KEYS, how="left")

@@ -73,9 +73,9 @@ def pg19_differences(runs: Runs) -> pd.DataFrame:
 
 
 def pg19_cost(runs: Runs) -> pd.DataFrame:
-    """Per run: trainable parameters, GPU-seconds per 1K scored tokens over its finished books and its batch
-    size; against the frozen baseline: both rates on the books both finished, and their ratio only at equal
-    batch size (else both rates and a note), beside the paper's relative time where the setting is the
+    """Per run: trainable parameters, device-seconds per 1K scored tokens over its finished books, its batch
+    size and device; against the frozen baseline: both rates on the books both finished, and their ratio only at equal
+    batch size on the same device (else both rates and a note), beside the paper's relative time where the setting is the
     paper's."""
     if not len(runs.books):
         return pd.DataFrame()
@@ -83,11 +83,11 @@ def pg19_cost(runs: Runs) -> pd.DataFrame:
     counts = _counts(runs)[KEYS + ["stopped", "failed"]]
     out = cost.merge(counts, on=KEYS, how="left").rename(columns={
         "batch_size": "batch", "baseline_run": "baseline", "baseline_batch_size": "baseline batch",
-        "gpu_s_per_1k_tokens": "GPU-s/1K tokens", "paired_books": "paired books",
-        "gpu_s_per_1k_paired": "GPU-s/1K (paired)", "baseline_gpu_s_per_1k_paired": "baseline GPU-s/1K (paired)",
+        "gpu_s_per_1k_tokens": "s/1K tokens", "paired_books": "paired books",
+        "gpu_s_per_1k_paired": "s/1K (paired)", "baseline_gpu_s_per_1k_paired": "baseline s/1K (paired)",
         "cost_note": "note"})
-    out = out[KEYS + ["batch", "books", "stopped", "failed", "trainable_params", "GPU-s/1K tokens", "baseline",
-                      "baseline batch", "paired books", "GPU-s/1K (paired)", "baseline GPU-s/1K (paired)",
+    out = out[KEYS + ["batch", "device", "books", "stopped", "failed", "trainable_params", "s/1K tokens", "baseline",
+                      "baseline batch", "paired books", "s/1K (paired)", "baseline s/1K (paired)",
                       "time_vs_none", "note"]]
     out["note"] = out["note"].fillna("")
     out = paper_columns(with_setting(out, runs), runs, "pg19", {"time_vs_none": "paper time_vs_none"})

@@ -3,6 +3,8 @@ between runs that adapted books in batches of the same size (docs/protocols.md).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -26,6 +28,21 @@ def batch_sizes(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.groupby(KEYS, dropna=False)["batch_size"].agg(one).reset_index()
 
 
+def devices(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per group: `device`, what its units ran on ("cpu", or the GPU's name without its index: the rows'
+    `device` stamp; several: "mixed"; not stamped: NaN). Seconds per token compare only on the same device."""
+    frame, _ = with_keys(frame)
+    if "device" not in frame:
+        return frame[KEYS].drop_duplicates().assign(device=np.nan)
+    kinds = frame["device"].map(lambda d: re.sub(r"^cuda:\d+\s*", "", d) or "cuda" if isinstance(d, str) else np.nan)
+
+    def one(values: pd.Series):
+        known = values.dropna().unique()
+        return known[0] if len(known) == 1 else ("mixed" if len(known) else np.nan)
+
+    return frame.assign(device=kinds).groupby(KEYS, dropna=False)["device"].agg(one).reset_index()
+
+
 def _rate(frame: pd.DataFrame) -> float:
     tokens = frame["scored_tokens"].sum()
     return frame["seconds"].sum() / tokens * 1000 if tokens else np.nan
@@ -39,7 +56,8 @@ def cost_table(data, windows: pd.DataFrame | None = None, *, baseline: str = "no
     `batch_size`; then against the comparable baseline on the books both finished (`paired_books`):
     `baseline_run`, `baseline_batch_size`, `gpu_s_per_1k_paired` and `baseline_gpu_s_per_1k_paired` (the
     same books), and `time_vs_none`, their ratio (the paper's "1.8×"), only when both batch sizes are known
-    and equal; `cost_note` says why a ratio is not given."""
+    and equal and both ran on the same `device`; `cost_note` says why a ratio is not given. (`gpu_` names
+    the accelerator's seconds: a CPU run's are CPU seconds, and its `device` says so.)"""
     books, windows = (data.books, data.windows) if isinstance(data, Runs) else (data, windows)
     books, _ = with_keys(books)
     books = _settings(without_books(books, stopped_books(windows, books)))
@@ -51,8 +69,9 @@ def cost_table(data, windows: pd.DataFrame | None = None, *, baseline: str = "no
     is_base = agg["method"] == baseline
     agg.loc[is_base, "trainable_params"] = agg.loc[is_base, "trainable_params"].fillna(0)
     agg["gpu_s_per_1k_tokens"] = agg["gpu_seconds"] / agg["tokens"].where(agg["tokens"] > 0) * 1000
-    agg = agg.merge(batch_sizes(books), on=KEYS, how="left")
+    agg = agg.merge(batch_sizes(books), on=KEYS, how="left").merge(devices(books), on=KEYS, how="left")
     batch = {tuple(r[:3]): r[3] for r in agg[KEYS + ["batch_size"]].itertuples(index=False, name=None)}
+    device = {tuple(r[:3]): r[3] for r in agg[KEYS + ["device"]].itertuples(index=False, name=None)}
 
     base = books[books["method"] == baseline]
     chosen = {key: group for key, group in base.groupby(KEYS, dropna=False)}
@@ -69,7 +88,10 @@ def cost_table(data, windows: pd.DataFrame | None = None, *, baseline: str = "no
         a, b = batch.get(key), batch.get(other_key)
         known = all(isinstance(x, (int, np.integer)) for x in (a, b))
         note = (None if known and a == b else
-                f"batch {_batch_text(a)} vs {_batch_text(b)}: no ratio (batching changes the time per token)")
+                f"batch {_shown(a)} vs {_shown(b)}: no ratio (batching changes the time per token)")
+        mine_on, theirs_on = device.get(key), device.get(other_key)
+        if note is None and not (isinstance(mine_on, str) and mine_on == theirs_on and mine_on != "mixed"):
+            note = f"device {_shown(mine_on)} vs {_shown(theirs_on)}: no ratio (another device's seconds)"
         rows.append({**dict(zip(KEYS, key)), "baseline_run": other_key[0], "baseline_batch_size": b,
                      "paired_books": len(shared), "gpu_s_per_1k_paired": ours, "baseline_gpu_s_per_1k_paired": theirs,
                      "time_vs_none": ours / theirs if note is None and theirs else np.nan, "cost_note": note})
@@ -78,5 +100,6 @@ def cost_table(data, windows: pd.DataFrame | None = None, *, baseline: str = "no
     return agg.merge(pd.DataFrame(rows).reindex(columns=columns), on=KEYS, how="left")
 
 
-def _batch_text(value) -> str:
+def _shown(value) -> str:
+    """A batch size or device as a note shows it."""
     return "not recorded" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
