@@ -94,14 +94,16 @@ def _store_writer(store, configs: dict, books_total: int, stopped_by_asha: set, 
 
     class StoreWriter(Callback):
         def __init__(self):
-            self.books: dict[str, list] = {}
+            self.books: dict[str, dict] = {}  # config id → book id → its row (a restarted trial's rerun of a
+            # book whose checkpoint Tune had not registered replaces the first: every book once)
             self.last: dict[str, dict] = {}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             cid = result["config_id"]
             self.last[cid] = dict(result)
             if result.get("book_json"):
-                self.books.setdefault(cid, []).append(json.loads(result["book_json"]))
+                book = json.loads(result["book_json"])
+                self.books.setdefault(cid, {})[book.get("book_id", book.get("item_id"))] = book
                 if progress is not None:
                     progress.update(1)
 
@@ -132,7 +134,7 @@ def _store_writer(store, configs: dict, books_total: int, stopped_by_asha: set, 
                    "nll_sum": last.get("nll_sum"), "scored_tokens": last.get("scored_tokens"),
                    "seconds": last.get("seconds"), "status": status, "worker_pid": last.get("worker_pid"),
                    "loads": last.get("loads"), "node": last.get("node"), "error": error}
-            books = [{**book, "unit_id": trial_unit_id(cfg.config_id)} for book in self.books.get(cid, [])]
+            books = [{**book, "unit_id": trial_unit_id(cfg.config_id)} for book in self.books.get(cid, {}).values()]
             store.append(trial_unit_id(cfg.config_id), books + [row], status=FAILED if status == "error" else DONE)
             write_trials_csv(store.path, trial_rows(store))
             if progress is not None and status != "completed":
