@@ -36,8 +36,12 @@ def grouped(frame: pd.DataFrame, by: list[str]):
 
 
 def exp_ratio(nll, tokens):
-    """The PPL rule (`locas.contract.ppl`) over columns: exp(NLL / tokens), NaN where nothing is scored."""
-    return np.exp(nll / tokens.where(tokens > 0))
+    """The PPL rule (`locas.contract.ppl`) over columns, arrays or sums: exp(NLL / tokens), NaN where nothing is
+    scored (a column gives a column on its index)."""
+    nll_values, token_values = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    ratio = np.divide(nll_values, token_values, out=np.full(np.broadcast(nll_values, token_values).shape, np.nan),
+                      where=token_values > 0)
+    return pd.Series(np.exp(ratio), index=nll.index) if isinstance(nll, pd.Series) else np.exp(ratio)
 
 
 def merge(table: pd.DataFrame, part: pd.DataFrame, by: list[str]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.frames import pg19_frames, with_keys
+from analysis.frames import exp_ratio, pg19_frames, with_keys
 from analysis.load import KEYS
 from analysis.reporting.paper import short_model
 from analysis.tables import (ADVERSARIAL_REPORT, BOOK, BUCKET_WIDTH, CATEGORIES, MIN_UNITS, book_tokens, completed,
@@ -78,7 +78,7 @@ def _book_band(per_book: pd.DataFrame, n_boot: int, seed: int) -> tuple[float, f
     """95% percentile band of the pooled PPL over books resampled with replacement."""
     n = len(per_book)
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    draws = np.exp(counts @ per_book["nll"].to_numpy() / (counts @ per_book["tokens"].to_numpy()))
+    draws = exp_ratio(counts @ per_book["nll"].to_numpy(), counts @ per_book["tokens"].to_numpy())
     return tuple(np.quantile(draws, [0.025, 0.975]))
 
 
@@ -108,7 +108,7 @@ def plot_ppl_by_position(data, books: pd.DataFrame | None = None, *, width: int 
     for label, line in per_book.groupby("_label"):
         agg = line.groupby("_bucket").agg(nll=("nll", "sum"), tokens=("tokens", "sum"), books=(BOOK, "nunique"))
         x = (agg.index.to_numpy() + 0.5) * width / scale
-        drawn = axes.plot(x, np.exp(agg["nll"] / agg["tokens"]), marker="o" if len(x) <= 25 else None,
+        drawn = axes.plot(x, exp_ratio(agg["nll"], agg["tokens"]), marker="o" if len(x) <= 25 else None,
                           label=f"{label} (n={line[BOOK].nunique()} books)")
         bands = [(xi, *_book_band(part, n_boot, seed)) for xi, (_, part) in zip(x, line.groupby("_bucket"))
                  if part[BOOK].nunique() >= MIN_UNITS]

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import resource
 import statistics
 import sys
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import SHARED, device_name
+from locas.contract import ppl as pooled_ppl
 
 
 def minimal_adapt(model, tokens: torch.Tensor, cfg) -> tuple[float, int]:
@@ -93,7 +93,7 @@ def paired(model, books, cfg, repeats: int) -> dict:
                 seconds[name].append(time.perf_counter() - start)
                 faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
                 print(f"{len(books)} book(s), turn {turn}: {name} {seconds[name][-1]:.2f} s", file=sys.stderr, flush=True)
-            ppl[name] = [math.exp(nll / n) for nll, n in sums]
+            ppl[name] = [pooled_ppl(nll, n) for nll, n in sums]
     ratios = [p / m for p, m in zip(seconds["project"], seconds["minimal"])]
     return {"books": len(books), "tokens": sum(len(t) for t in books),
             "minimal_s": [round(s, 2) for s in seconds["minimal"]], "project_s": [round(s, 2) for s in seconds["project"]],

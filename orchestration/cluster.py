@@ -221,7 +221,7 @@ def configured_gpus(config: dict) -> float:
 def max_gpus(cluster_config: str | None = None) -> tuple[float | None, str]:
     """(the most GPUs the cluster's autoscaling config allows, the file it was read from); (None, "") when no
     config is found (`cluster_config`, else ~/ray_bootstrap_config.yaml, which `ray up` leaves on the head)."""
-    from orchestration.yaml_file import read_yaml
+    from locas.yaml_file import read_yaml
 
     path = Path(cluster_config or BOOTSTRAP_CONFIG).expanduser()
     if not path.is_file():

@@ -30,8 +30,8 @@ from pathlib import Path
 from locas.errors import LocasError
 from locas.tasks import TASKS
 from locas.tasks import task as registered
+from locas.yaml_file import read_yaml
 from orchestration.cli import Plan, RunOptions, build_parser, check_model, parse, resolve_output
-from orchestration.yaml_file import read_yaml
 
 TASK_NAMES = (*TASKS, "sweep")
 STUDY_JSON = "study.json"

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from locas.contract import ppl
 from locas.errors import LocasError
 
 ENV = "MLFLOW_TRACKING_URI"
@@ -171,7 +172,7 @@ class Tracker:
         if self.amount is not None:
             figures[f"running/{self.counts}_per_second"] = self.counted / max(1e-9, time.monotonic() - self.started)
         if self.scored:
-            figures["running/ppl"] = math.exp(self.nll / self.scored)
+            figures["running/ppl"] = ppl(self.nll, self.scored)
         stamp = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, self.step) for k, v in figures.items()])
 

@@ -22,9 +22,9 @@ FIELDS = {"model": "cfg_model_model", "method": "cfg_adapt_method", "window": "c
 
 @lru_cache(maxsize=1)
 def paper() -> dict:
-    import yaml
+    from locas.yaml_file import read_yaml
 
-    return yaml.safe_load(PAPER.read_text(encoding="utf-8"))
+    return read_yaml(PAPER, "analysis/paper.yaml")
 
 
 def width_field(method) -> str | None:

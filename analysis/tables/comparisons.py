@@ -114,8 +114,8 @@ def delta_table(data, books: pd.DataFrame | None = None, *, baseline: str = "non
                                                 group["tokens_base"], n_boot=n_boot, seed=seed, level=level,
                                                 min_units=min_units)
             rows.append({**dict(zip(names, key)), "n": n, "books": len(group),
-                         "ppl_base": float(np.exp(group["nll_base"].sum() / group["tokens_base"].sum())),
-                         "ppl": float(np.exp(group["nll"].sum() / group["tokens"].sum())),
+                         "ppl_base": float(exp_ratio(group["nll_base"].sum(), group["tokens_base"].sum())),
+                         "ppl": float(exp_ratio(group["nll"].sum(), group["tokens"].sum())),
                          "delta": delta, "ci_low": low, "ci_high": high,
                          "mean_log_ratio": float(group["log_ratio"].mean()),
                          "improved": float((group["delta"] < 0).mean())})

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.frames import exp_ratio
+
 MIN_UNITS = 5
 """Below this many resampled units (books, conversations, questions) no interval is given: a percentile
 bootstrap over 2-4 units says little more than the units themselves."""
@@ -30,11 +32,11 @@ def paired_bootstrap(nll: np.ndarray, tokens: np.ndarray, nll_base: np.ndarray, 
     interval (NaN) under `min_units` books."""
     nll, tokens, nll_base, tokens_base = (np.asarray(a, dtype=float) for a in (nll, tokens, nll_base, tokens_base))
     n = len(nll)
-    point = np.exp(nll.sum() / tokens.sum()) - np.exp(nll_base.sum() / tokens_base.sum())
+    point = exp_ratio(nll.sum(), tokens.sum()) - exp_ratio(nll_base.sum(), tokens_base.sum())
     if n < max(2, min_units):
         return float(point), float("nan"), float("nan")
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)  # (n_boot, n)
-    deltas = np.exp(counts @ nll / (counts @ tokens)) - np.exp(counts @ nll_base / (counts @ tokens_base))
+    deltas = exp_ratio(counts @ nll, counts @ tokens) - exp_ratio(counts @ nll_base, counts @ tokens_base)
     return (float(point), *_percentiles(deltas, level))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from locas.config import AdaptConfig
 from locas.errors import LocasError
-from orchestration.yaml_file import read_yaml
+from locas.yaml_file import read_yaml
 
 SWEEPABLE = tuple(f.name for f in fields(AdaptConfig) if f.metadata.get("sweep"))
 """AdaptConfig fields a sweep may vary (declared where each is: `option(..., sweep=True)`); their flag aliases

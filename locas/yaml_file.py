@@ -1,5 +1,5 @@
-"""Reading the YAML files users write (study files, sweep spaces, cluster configs): a missing file or a syntax
-error is one line."""
+"""Reading YAML files (study files, sweep spaces, cluster configs, the report's paper figures): a missing file or
+a syntax error is one line."""
 from __future__ import annotations
 
 from pathlib import Path
