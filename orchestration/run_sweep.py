@@ -6,6 +6,8 @@
     python orchestration/run_sweep.py --space orchestration/sweeps/example.yaml --data emozilla/pg19 \
         --split validation --num_gpus 8 --output runs/sweep-example
     python orchestration/run_sweep.py --demo   # tiny model, built-in books, local Ray, CPU
+    python orchestration/run_sweep.py --space orchestration/sweeps/lora.yaml --max_books 10 --num_gpus 8 \
+        --best_per steps_per_window --frontier_output runs/lora-frontier --output runs/sweep-lora  # + test runs
     ray job submit --working-dir . -- python orchestration/run_sweep.py --space orchestration/sweeps/example.yaml \
         --num_gpus 8 --tune_storage s3://YOUR_BUCKET/sweeps --output runs/sweep-example   # on a cluster
 
@@ -80,6 +82,11 @@ def main(argv=None):
                                        sweep.test_data or plan.options.data, plan.run.num_gpus)
         print(f"best per {sweep.best_per}: {path}; on the test set, beside Locas, run:\n{command}")
     print(f"trials: {result.trials_csv}\nsummary: {result.trials_csv.parent / 'summary.json'}")
+    if sweep.frontier_output and result.best_command:
+        from orchestration.study import run_study
+
+        print(f"frontier: running {path} into {resolve_output(sweep.frontier_output)}", flush=True)
+        return run_study(path, plan.run.replace(output=sweep.frontier_output, demo=False))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The tuned-LoRA sweep (issue 23): the shipped space, the best trial per cost level, and the study of test runs
 it writes, read back by the study parser."""
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -56,3 +57,18 @@ def test_the_best_trial_of_each_cost_level_runs_on_the_test_books_beside_locas(t
     assert all(p.options.split == "test" and p.spec.model == "org/m" for p in runs.values())
     assert (runs["locas"].cfg.method, runs["locas"].cfg.window_size, runs["frozen"].cfg.method) == ("locas", 256,
                                                                                                     "none")
+
+
+def test_one_command_tunes_lora_then_runs_the_best_of_each_level_beside_locas(ray_local, tmp_path, capsys):
+    """`--frontier_output`: the sweep, then its best_per_cost.yaml as a study, in one command."""
+    from orchestration.run_sweep import main
+
+    frontier = tmp_path / "frontier"
+    assert main(["--demo", "--grid", "method=lora", "--grid", "steps_per_window=1,2", "--best_per", "steps_per_window",
+                 "--max_books", "1", "--no_progress", "--output", str(tmp_path / "sweep"),
+                 "--frontier_output", str(frontier)]) == 0
+    status = json.loads((frontier / "study.json").read_text())
+    assert status["study"] == str(tmp_path / "sweep" / "best_per_cost.yaml") and status["state"] == "finished"
+    assert sorted(status["runs"]) == ["frozen", "locas", "lora-steps-per-window-1", "lora-steps-per-window-2"]
+    assert all(run["done"] == run["units"] > 0 and not run["failed"] for run in status["runs"].values())
+    assert (frontier / "report.md").exists() and "frontier: running" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from locas.config import Settings, option
+from locas.errors import LocasError
 from locas.tasks import task
 from locas.tasks.pg19.data import refuse_test_books
 from orchestration.cli import Plan, build_parser, check_model, parse
@@ -36,6 +37,8 @@ class SweepOptions(Settings):
                                    "whose test split it names)")
     best_per: str | None = option(None, "settings that set a cost level, e.g. steps_per_window: the best trial of "
                                   "each level goes into OUT/best_per_cost.yaml, a study of test runs beside Locas")
+    frontier_output: str | None = option(None, "with --best_per, run that study right after the sweep into this "
+                                         "folder (run_sweep.py: the tuned LoRA against Locas in one command)")
 
 
 def sweep_parser(parser_class=argparse.ArgumentParser, description: str | None = None) -> argparse.ArgumentParser:
@@ -74,6 +77,9 @@ def plan_sweep(argv, parser=None, demo_inputs: Path | None = None, check_models:
                         sweep.sample_seed if sweep.sample_seed is not None else plan.cfg.seed)
     configs = expand_space(space, plan.cfg)
     cost_levels(sweep.best_per)
+    if sweep.frontier_output and not sweep.best_per:
+        raise LocasError("--frontier_output runs the study of --best_per: name its cost levels, e.g. "
+                         "--best_per steps_per_window")
     refuse_test_books(plan.options.data, plan.options.split, allow_test=sweep.allow_test)
     if check_models:
         check_model(plan.spec, *configs)
