@@ -99,11 +99,8 @@ def parse(task: Task, argv, description: str | None = None, parser: argparse.Arg
     """Flags → configs (`parser`: a script's own, with flags of its own beside the task's). `--demo` fills in
     the task's demo inputs (`demo_name` names the run, default the task; made under `demo_inputs`, default the
     run's own folder) first; `--output` is required (a relative one resolved by `resolve_output`)."""
-    from orchestration.progress import quiet_console
-
     parser = parser or build_parser(task, description)
     args = parser.parse_args(argv)
-    quiet_console(args.verbose)
     if args.output:  # first, so that --demo puts its inputs under the folder the run will use
         args.output = str(resolve_output(args.output))
     if args.demo:
@@ -144,7 +141,10 @@ def run_task(task_name: str, argv=None, description: str | None = None) -> int:
     from analysis.load import load_run
     from orchestration.run import Part, run, units_line
 
+    from orchestration.progress import quiet_console
+
     plan = parse(task(task_name), argv, description)
+    quiet_console(plan.run.verbose)  # at the entry: a study's runs are parsed too, under the study's --verbose
     plan.spec = plan.spec.on(gpu=bool(plan.run.num_gpus))
     check_model(plan.spec, plan.cfg)
     part = Part.of(plan)

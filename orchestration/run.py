@@ -121,7 +121,8 @@ def _run(parts: list[Part], pool, on_update, uri: str | None, parent: str | None
     runners = {p.plan.task.name: p.plan.task.run for p in parts}  # the workers run what the driver registered
     scheduler = Scheduler(lambda: actor_class.remote(spec, runners, require_cuda=require_cuda),
                           {p.run_id: p.store for p in parts}, num_workers=pool.num_gpus or pool.num_workers,
-                          progress=StudyProgress(bars), on_rows=recorded, latency=latency)
+                          progress=None if pool.no_progress else StudyProgress(bars), on_rows=recorded,
+                          latency=latency)
     with killed_on_error([p.tracker for p in parts]):
         counts = scheduler.run(units)
     for part in parts:

@@ -34,12 +34,14 @@ SHOWN = ["trial", "method", "loss", "memory_width", "memory_init", "lr", "steps_
 
 @cli_main
 def main(argv=None):
+    from orchestration.progress import quiet_console
     from orchestration.run import cluster
     from orchestration.store import RunStore
     from orchestration.sweep.driver import TASK, run_sweep, store_config
     from orchestration.tracking import tracking_uri
 
     planned = plan_sweep(argv, parser=sweep_parser(description=__doc__.splitlines()[0]))
+    quiet_console(planned.plan.run.verbose)
     plan, sweep, space, configs = planned.plan, planned.sweep, planned.space, planned.configs
     plan.spec = plan.spec.on(gpu=bool(plan.run.num_gpus))
     books = load_books(plan.options.data, split=plan.options.split, ids=split_list(plan.options.book_ids),

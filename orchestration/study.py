@@ -155,6 +155,7 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
     from orchestration.tracking import Tracker, killed_on_error, tracking_uri
 
     output = resolve_output(pool.output)
+    pool = pool.replace(output=str(output))  # one folder for the parent run's tracking and its runs'
     runs = plan_study(path, output, pool.demo)
     on_gpu = bool(pool.num_gpus)  # the pool's device decides an unset dtype
     members = {run.name: [Part.of(dataclasses.replace(plan, spec=plan.spec.on(gpu=on_gpu)), output / folder, folder)

@@ -39,7 +39,6 @@ def documents_at_once(task: Task, cfg: AdaptConfig, on_gpu: bool, flag: int | No
     return cfg.batch_on_gpu() if task.batches and on_gpu else 1
 
 
-def runners(names=None) -> dict:
-    """task → its worker-side runner, for the registered tasks (or those named)."""
-    registered = tasks()
-    return {name: registered[name].run for name in (names or registered)}
+def runners() -> dict:
+    """task → its worker-side runner, for the registered tasks."""
+    return {name: task.run for name, task in tasks().items()}
