@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from locas.data import is_folder_source
 from locas.errors import LocasError
 
 SILU_NAMES = ("silu", "swish")
@@ -46,7 +47,7 @@ def check_model_config(config, cfg=None, *, model: str | None = None, as_flags: 
 def checkpoint_config(model: str, trust_remote_code: bool = False):
     """The HF config of a checkpoint (a local folder or a hub id), or one line saying it cannot be found."""
     path = Path(model).expanduser()
-    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+    looks_local = is_folder_source(model)
     if looks_local and not (path / "config.json").is_file():
         raise LocasError(f"model not found: {path} is not a checkpoint folder (no config.json)")
     from transformers import AutoConfig

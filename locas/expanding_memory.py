@@ -27,6 +27,8 @@ class ExpandingMemory(LocasMemory):
 
     def reset(self, slot: int, first_window: torch.Tensor) -> None:
         super().reset(slot, first_window)
+        with torch.no_grad():
+            self.memory[:, slot, self.cfg.memory_width:] = 0  # the rows it grew for its last document
         self.widths[slot], self.blocks[slot], self.trace[slot] = self.cfg.memory_width, 0, []
         self._resize(max(self.widths))  # rows no slot uses any more are dropped
 
@@ -64,10 +66,6 @@ class ExpandingMemory(LocasMemory):
 
     def forward_context(self, slots: torch.Tensor):
         return self.model.use_memory(self.slot_memory(slots), base_rank=self.cfg.memory_width)
-
-    def trainable_parameters(self) -> int:
-        """At a document's start: the first block's rows (`annotate` gives the final count)."""
-        return self.model.parameter_count(self.memory[:, :1, :self.cfg.memory_width])
 
     def annotate(self, result) -> None:
         """The widths in force per window kept, and the trainable parameters at the last of them."""

@@ -155,7 +155,6 @@ class LocasMemory(Method):
                                     memory_init=self.cfg.memory_init, seed=self.cfg.seed)
         with torch.no_grad():
             self.memory[:, slot, :fresh.shape[2]] = fresh[:, 0]
-            self.memory[:, slot, fresh.shape[2]:] = 0  # rows an expanding memory had added for the last document
         self.optimizer.reset(slot)
 
     def slot_memory(self, slots: torch.Tensor) -> torch.Tensor:

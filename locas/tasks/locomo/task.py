@@ -40,12 +40,7 @@ def run_locomo(model, units, slots: int = 1, progress=None) -> Iterator[tuple[st
                                                     progress=unit_progress(unit, progress))
 
 
-def configure_locomo(cfg):
-    from locas.tasks.locomo.run import locomo_config
-
-    return locomo_config(cfg)
-
-
 TASK = Task("locomo", LocomoOptions, locomo_units, run_locomo, lazy("locas.tasks.locomo.tables", "locomo_summary"),
             lazy("locas.tasks.locomo.tables", "locomo_table"), "conversations", "tokens",
-            sum_of("conversation", "tokens"), lazy("locas.tasks.locomo.demo", "demo_inputs"), configure_locomo)
+            sum_of("conversation", "tokens"), lazy("locas.tasks.locomo.demo", "demo_inputs"),
+            lazy("locas.tasks.locomo.run", "locomo_config"))
