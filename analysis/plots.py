@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from analysis.frames import exp_ratio, pg19_frames, with_keys
 from analysis.load import KEYS
 from analysis.reporting.paper import short_model
+from analysis.tables.intervals import pooled_band
 from analysis.tables import (ADVERSARIAL_REPORT, BOOK, BUCKET_WIDTH, CATEGORIES, MIN_UNITS, book_tokens, completed,
                              locomo_long, segments, sweep_table)
 
@@ -74,14 +75,6 @@ def bucket_width(lengths, window: float = 1) -> int:
     return int(min(BUCKET_WIDTH, width))
 
 
-def _book_band(per_book: pd.DataFrame, n_boot: int, seed: int) -> tuple[float, float]:
-    """95% percentile band of the pooled PPL over books resampled with replacement."""
-    n = len(per_book)
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    draws = exp_ratio(counts @ per_book["nll"].to_numpy(), counts @ per_book["tokens"].to_numpy())
-    return tuple(np.quantile(draws, [0.025, 0.975]))
-
-
 def plot_ppl_by_position(data, books: pd.DataFrame | None = None, *, width: int | None = None,
                          reaching: int | None = None, n_boot: int = 500, seed: int = 0, path=None) -> Figure:
     """Pooled PPL of the scored tokens in each [k·width, (k+1)·width) of the completed books, per method,
@@ -110,8 +103,8 @@ def plot_ppl_by_position(data, books: pd.DataFrame | None = None, *, width: int 
         x = (agg.index.to_numpy() + 0.5) * width / scale
         drawn = axes.plot(x, exp_ratio(agg["nll"], agg["tokens"]), marker="o" if len(x) <= 25 else None,
                           label=f"{label} (n={line[BOOK].nunique()} books)")
-        bands = [(xi, *_book_band(part, n_boot, seed)) for xi, (_, part) in zip(x, line.groupby("_bucket"))
-                 if part[BOOK].nunique() >= MIN_UNITS]
+        bands = [(xi, *pooled_band(part["nll"], part["tokens"], n_boot=n_boot, seed=seed))
+                 for xi, (_, part) in zip(x, line.groupby("_bucket")) if part[BOOK].nunique() >= MIN_UNITS]
         if bands:
             xs, low, high = zip(*bands)
             axes.fill_between(xs, low, high, color=drawn[0].get_color(), alpha=0.2)

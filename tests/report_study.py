@@ -33,13 +33,6 @@ def store(folder, task, cfg, run_id) -> RunStore:
     return RunStore(folder).open(task, cfg, run_id, {"CPU": 2})
 
 
-def by_unit(rows):
-    units = {}
-    for row in rows:
-        units.setdefault(row["unit_id"], []).append(row)
-    return units
-
-
 def book_nll(book: str, method_gain: float):
     base = 3.0 + 0.1 * int(book[1])
     return lambda k, start: base - 2e-6 * start + method_gain * math.log1p(k)

@@ -14,33 +14,33 @@ from analysis.tables.comparisons import _baselines, _settings
 from locas.tasks.pg19.tables import stopped_books, without_books
 
 
-def batch_sizes(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per group: `batch_size`, the batch its units ran in (the rows' stamp; a run resumed at another batch
-    size: "mixed"; rows written before the stamp: NaN, "not recorded")."""
+def _stamp(frame: pd.DataFrame, column: str, normal=None, cast=None) -> pd.DataFrame:
+    """Per group: the one value of its rows' `column` stamp (each row's through `normal`, the value through
+    `cast`); several values: "mixed"; none (rows written before the stamp): NaN, "not recorded"."""
     frame, _ = with_keys(frame)
-    if "batch_size" not in frame:
-        return frame[KEYS].drop_duplicates().assign(batch_size=np.nan)
+    if column not in frame:
+        return frame[KEYS].drop_duplicates().assign(**{column: np.nan})
+    values = frame[column] if normal is None else frame[column].map(normal)
 
-    def one(values: pd.Series):
-        known = values.dropna().unique()
-        return int(known[0]) if len(known) == 1 else ("mixed" if len(known) else np.nan)
+    def one(group: pd.Series):
+        known = group.dropna().unique()
+        if len(known) == 1:
+            return known[0] if cast is None else cast(known[0])
+        return "mixed" if len(known) else np.nan
 
-    return frame.groupby(KEYS, dropna=False)["batch_size"].agg(one).reset_index()
+    return frame.assign(**{column: values}).groupby(KEYS, dropna=False)[column].agg(one).reset_index()
+
+
+def batch_sizes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per group: `batch_size`, the batch its units ran in (a run resumed at another batch size: "mixed")."""
+    return _stamp(frame, "batch_size", cast=int)
 
 
 def devices(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per group: `device`, what its units ran on ("cpu", or the GPU's name without its index: the rows'
-    `device` stamp; several: "mixed"; not stamped: NaN). Seconds per token compare only on the same device."""
-    frame, _ = with_keys(frame)
-    if "device" not in frame:
-        return frame[KEYS].drop_duplicates().assign(device=np.nan)
-    kinds = frame["device"].map(lambda d: re.sub(r"^cuda:\d+\s*", "", d) or "cuda" if isinstance(d, str) else np.nan)
-
-    def one(values: pd.Series):
-        known = values.dropna().unique()
-        return known[0] if len(known) == 1 else ("mixed" if len(known) else np.nan)
-
-    return frame.assign(device=kinds).groupby(KEYS, dropna=False)["device"].agg(one).reset_index()
+    """Per group: `device`, what its units ran on ("cpu", or the GPU's name without its index). Seconds per
+    token compare only on the same device."""
+    return _stamp(frame, "device", normal=lambda d: re.sub(r"^cuda:\d+\s*", "", d) or "cuda" if isinstance(d, str)
+                  else np.nan)
 
 
 def _rate(frame: pd.DataFrame) -> float:

@@ -35,9 +35,21 @@ def paired_bootstrap(nll: np.ndarray, tokens: np.ndarray, nll_base: np.ndarray, 
     point = exp_ratio(nll.sum(), tokens.sum()) - exp_ratio(nll_base.sum(), tokens_base.sum())
     if n < max(2, min_units):
         return float(point), float("nan"), float("nan")
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)  # (n_boot, n)
+    counts = _resampled(n, n_boot, seed)
     deltas = exp_ratio(counts @ nll, counts @ tokens) - exp_ratio(counts @ nll_base, counts @ tokens_base)
     return (float(point), *_percentiles(deltas, level))
+
+
+def _resampled(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """How often each of `n` units is drawn in each of `n_boot` resamples with replacement: (n_boot, n)."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+
+
+def pooled_band(nll, tokens, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile band of the pooled PPL over the books given (one entry per book), resampled with replacement."""
+    nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    counts = _resampled(len(nll), n_boot, seed)
+    return _percentiles(exp_ratio(counts @ nll, counts @ tokens), level)
 
 
 def cluster_mean_bootstrap(values, clusters, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
