@@ -138,7 +138,6 @@ def check_model(spec: ModelSpec, *cfgs: AdaptConfig) -> None:
 
 def run_task(task_name: str, argv=None, description: str | None = None) -> int:
     """An entry script's whole run: parse, check, plan the units, run them (`orchestration.run`), summarize."""
-    from analysis.load import load_run
     from orchestration.run import Part, run, units_line
 
     from orchestration.progress import quiet_console
@@ -153,8 +152,7 @@ def run_task(task_name: str, argv=None, description: str | None = None) -> int:
     print(f"output: {plan.run.output}", flush=True)
     print(units_line(run([part], plan.run).counts))
     store = part.store
-    runs = load_run(store.path)
-    table = plan.task.table(runs)
+    table = plan.task.table(part.results)
     if len(table):
         print(table.to_string(index=False))
     print(json.dumps(read_json(store.path / SUMMARY), indent=1))

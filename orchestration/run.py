@@ -35,6 +35,7 @@ class Part:
     failed: int = 0
     workers: set = field(default_factory=set)  # (node, device) of the actors that answered its units
     tracker: object = None  # its MLflow run (orchestration.tracking.Tracker), when tracked
+    results: object = None  # its folder as read once every unit ran (analysis.load.Runs), for its summary
 
     @classmethod
     def of(cls, plan, folder: Path | None = None, label: str | None = None) -> "Part":
@@ -129,7 +130,8 @@ def _run(parts: list[Part], pool, on_update, uri: str | None, parent: str | None
         known = {(w["node"], w["device"]) for w in part.store.manifest.get("workers", [])}  # earlier runs
         workers = sorted(known | part.workers, key=str)
         part.store.update_manifest(workers=[{"node": n, "device": d} for n, d in workers])
-        summary = part.plan.task.summary(load_run(part.store.path))
+        part.results = load_run(part.store.path)
+        summary = part.plan.task.summary(part.results)
         part.store.write_summary(summary)
         if part.tracker is not None:
             part.tracker.finish(summary)

@@ -189,13 +189,12 @@ def run_study(path, pool: RunOptions, report: bool = True) -> int:
 
 def _write_trials(folder: Path, trials: list) -> None:
     """A sweep's trials.csv (the run_sweep.py columns) from its trials' run folders."""
-    from analysis.load import load_run
     from orchestration.sweep.trials import config_columns, write_trials_csv
 
     rows = []
     for part in trials:
         summary = json.loads((part.store.path / "summary.json").read_text())
-        books = load_run(part.store.path).books
+        books = part.results.books
         failed = summary.get("errors") or summary.get("stopped")
         rows.append({"trial": part.plan.cfg.config_id, **config_columns(part.plan.cfg), "ppl": summary.get("ppl"),
                      "books_done": summary.get("books"), "books_total": len(part.units),
