@@ -57,28 +57,29 @@ FIGURES = [  # (file beside report.md, title, what it needs, how it is drawn)
 ]
 
 
-def unfinished(runs: Runs) -> list[str]:
-    """One line per unit that stopped or failed and per failed question, in every run (ablation trials too)."""
-    lines = []
+def unfinished(runs: Runs) -> dict[str, str]:
+    """Each unit that stopped or failed and each failed question, in every run (ablation trials too): its line
+    → its status ("stopped" or "failed")."""
+    found = {}
     for each in [runs] + [r for r in [ablation_runs(runs)] if r is not None]:
         for task in ("pg19", "locomo", "mmlu"):
             outcomes = tables.unit_outcomes(each, task)
             for row in outcomes[outcomes["status"] != "done"].itertuples():
-                lines.append(f"{row.run}: {task} unit {row.item} {row.status} ({row.reason})")
+                found[f"{row.run}: {task} unit {row.item} {row.status} ({row.reason})"] = row.status
             if task != "pg19":
-                lines += [f"{r.run}: {task} question {r.item} failed ({r.reason})"
-                          for r in tables.failed_questions(each, task).itertuples()]
-    return list(dict.fromkeys(lines))
+                found.update({f"{r.run}: {task} question {r.item} failed ({r.reason})": "failed"
+                              for r in tables.failed_questions(each, task).itertuples()})
+    return found
 
 
 def status_lines(runs: Runs) -> list[str]:
-    lines = unfinished(runs)
-    if not lines:
+    found = unfinished(runs)
+    if not found:
         return ["Every unit of every run finished.", ""]
-    stopped, failed = sum(" stopped (" in line for line in lines), sum(" failed (" in line for line in lines)
+    stopped, failed = (sum(status == name for status in found.values()) for name in ("stopped", "failed"))
     return [f"**Not every unit finished: {stopped} stopped, {failed} failed (units or questions).** Every "
             "comparison below uses only the units all its runs finished and says how many it left out.", "",
-            *[f"- {line}" for line in lines], ""]
+            *[f"- {line}" for line in found], ""]
 
 
 def write_figures(folder: str | Path, runs: Runs) -> list[tuple[str, str]]:
